@@ -1,0 +1,397 @@
+"""Pixel-Wise Temporal Projection (PWTP) and Dynamic Appearance (DA).
+
+Huang and Bors, "Dynamic Appearance: A Video Representation for Action Recognition with
+Joint Training", AAAI 2023, Section 3 (Eq. 1-8) and Appendix C.
+
+For every pixel ``i`` a T x D matrix ``A_i`` is predicted from the clip; the T-vector of each
+channel, ``x_i``, is projected onto the column space of ``A_i``::
+
+    y   = (A^T A)^-1 A^T x          (Eq. 1, the coefficients)
+    x^  = A y                        (the static appearance)
+    p   = x - x^                     (Eq. 5, the projection residual)
+    DA  = mean_t p                   (Eq. 6, the dynamic appearance)
+    ENoPR = 1/(HWC) sum_j ||p_j||^2  (Eq. 7, summed over T, averaged over pixels and channels)
+
+The fast path never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x - mean_t(A) y``
+and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The only work
+that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd function
+whose backward is one more pass), a plain temporal sum and a squared norm.
+
+Choices where the paper is silent (documented and tested):
+
+* Conv F uses padding ``k // 2`` and a bias, so a 224 input gives 28 x 28 at stride 8.
+* MLP (Appendix C, NOTES.md reading): ``GELU(Linear(P -> rP))``, then B blocks
+  ``h + GELU(Linear_up(GELU(Linear_down(BatchNorm(h)))))`` (the GELU of the up-projection sits
+  inside the residual branch, before the sum), then ``Linear(rP -> T*D)`` with no activation.
+  The bottleneck width is ``round(beta * rP)``.  The default configuration has 9,686 parameters.
+* Upsampling is bilinear with ``align_corners=False`` (PyTorch's default), written as two
+  small matrix products, which equals ``F.interpolate`` and is 3x cheaper to differentiate.
+* The normal equations are regularised: for D = 1, ``y = a.x / (a.a + eps)``; for D > 1 the
+  D x D system ``(A^T A + (ridge * tr(A^T A) / D + eps) I) y = A^T x`` is solved by an
+  unrolled Cholesky factorisation.  Zero or equal columns therefore give finite outputs and
+  gradients.  The projection is always computed in float32 (or float64), also under autocast.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PWTP",
+    "PWTPOutput",
+    "project",
+    "projection_coefficients",
+    "dynamic_appearance",
+    "temporal_contract",
+    "relation_descriptor",
+    "upsample_bilinear",
+]
+
+# Regularisers of A^T A by working precision: an absolute one (zero columns stay finite) and,
+# for D > 1, one relative to tr(A^T A) / D (equal columns stay finite).  A few ulps each, so a
+# well-conditioned projection is exact to working precision.
+_REGULARISERS = {torch.float32: (1e-6, 1e-6), torch.float64: (1e-12, 1e-12)}
+
+
+class PWTPOutput(NamedTuple):
+    """What :class:`PWTP` returns.
+
+    dynamic:  (N, C, H, W) the dynamic appearance, Eq. 6.
+    enopr:    (N,) the per-sample ENoPR, Eq. 7 (average it over the batch for Eq. 8).
+    static:   (N, C, H, W) the temporal mean of the projection x^ (static appearance), or None.
+    residual: (N, C, T, H, W) the full projection residual p, or None.
+    """
+
+    dynamic: torch.Tensor
+    enopr: torch.Tensor
+    static: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The projection (Eq. 1, 5-7) as pure functions.
+
+
+class _TemporalContract(torch.autograd.Function):
+    """B[n, c, d] = sum_t x[n, c, t] * A[n, t, d], per pixel, without an (N, C, T, D, H, W) temporary.
+
+    Loops over T (forward) and over C and D (backward) with in-place multiply-adds: each pass
+    reads the clip once in its own memory layout, so no layout copy of the clip is ever made.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        # x: (N, C, T, H, W), A: (N, T, D, H, W) -> (N, C, D, H, W)
+        ctx.save_for_backward(x, A)
+        T = x.shape[2]
+        out = x[:, :, 0].unsqueeze(2) * A[:, 0].unsqueeze(1)
+        for t in range(1, T):
+            out.addcmul_(x[:, :, t].unsqueeze(2), A[:, t].unsqueeze(1))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, A = ctx.saved_tensors
+        grad_x = grad_A = None
+        C, D = x.shape[1], A.shape[2]
+        if ctx.needs_input_grad[1]:
+            # grad_A[n, t, d] = sum_c grad[n, c, d] * x[n, c, t]          -> (N, T, D, H, W)
+            grad_A = x[:, 0].unsqueeze(2) * grad[:, 0].unsqueeze(1)
+            for c in range(1, C):
+                grad_A.addcmul_(x[:, c].unsqueeze(2), grad[:, c].unsqueeze(1))
+        if ctx.needs_input_grad[0]:
+            # grad_x[n, c, t] = sum_d grad[n, c, d] * A[n, t, d]          -> (N, C, T, H, W)
+            grad_x = grad[:, :, 0].unsqueeze(2) * A[:, :, 0].unsqueeze(1)
+            for d in range(1, D):
+                grad_x.addcmul_(grad[:, :, d].unsqueeze(2), A[:, :, d].unsqueeze(1))
+        return grad_x, grad_A
+
+
+def temporal_contract(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``A^T x``: x (N, C, T, H, W), A (N, T, D, H, W) -> (N, C, D, H, W)."""
+    return _TemporalContract.apply(x, A)
+
+
+def _gram(A: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``A^T A``: (N, T, D, H, W) -> (N, D, D, H, W).
+
+    Written as D(D+1)/2 products summed over T: an einsum here becomes a batched matmul over
+    pixels with layout copies, several times slower on CPU.
+    """
+    D = A.shape[2]
+    if D == 1:
+        return A.square().sum(1, keepdim=True)
+    cols = A.unbind(2)
+    entries = {}
+    for d in range(D):
+        for e in range(d, D):
+            entries[d, e] = entries[e, d] = (cols[d] * cols[e]).sum(1)  # (N, H, W)
+    return torch.stack([torch.stack([entries[d, e] for e in range(D)], 1) for d in range(D)], 1)
+
+
+def _apply_gram(G: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``G y``: G (N, D, D, H, W), y (N, C, D, H, W) -> (N, C, D, H, W)."""
+    D = G.shape[1]
+    if D == 1:
+        return G[:, :, 0].unsqueeze(1) * y
+    return torch.stack([sum(G[:, d, e].unsqueeze(1) * y[:, :, e] for e in range(D)) for d in range(D)], 2)
+
+
+def _solve_normal(G: torch.Tensor, B: torch.Tensor, eps: float, ridge: float) -> torch.Tensor:
+    """Solve the regularised per-pixel normal equations ``G~ y = B``.
+
+    G: (N, D, D, H, W) symmetric positive semi-definite, B: (N, C, D, H, W) -> y (N, C, D, H, W).
+    D = 1 is a division; D > 1 is an unrolled Cholesky factorisation, vectorised over pixels
+    (faster than batched LAPACK calls on hundreds of thousands of tiny systems, and
+    differentiable by plain autograd).
+    """
+    D = G.shape[1]
+    if D == 1:
+        return B / (G[:, :, 0].unsqueeze(1) + eps)
+    diag = torch.diagonal(G, dim1=1, dim2=2)  # (N, H, W, D)
+    shift = ridge * diag.sum(-1) / D + eps  # (N, H, W)
+    # Cholesky factor L (lower), each entry (N, H, W).
+    L = [[None] * D for _ in range(D)]
+    for j in range(D):
+        s = G[:, j, j] + shift
+        for k in range(j):
+            s = s - L[j][k] * L[j][k]
+        L[j][j] = s.clamp_min(eps).sqrt()
+        for i in range(j + 1, D):
+            s = G[:, i, j]
+            for k in range(j):
+                s = s - L[i][k] * L[j][k]
+            L[i][j] = s / L[j][j]
+    # Forward substitution L z = B, then back substitution L^T y = z; broadcast over C.
+    z = [None] * D
+    for i in range(D):
+        s = B[:, :, i]
+        for k in range(i):
+            s = s - L[i][k].unsqueeze(1) * z[k]
+        z[i] = s / L[i][i].unsqueeze(1)
+    y = [None] * D
+    for i in reversed(range(D)):
+        s = z[i]
+        for k in range(i + 1, D):
+            s = s - L[k][i].unsqueeze(1) * y[k]
+        y[i] = s / L[i][i].unsqueeze(1)
+    return torch.stack(y, dim=2)
+
+
+def _check_pair(x: torch.Tensor, A: torch.Tensor) -> None:
+    if x.dim() != 5 or A.dim() != 5:
+        raise ValueError(
+            f"expected x of shape (N, C, T, H, W) and A of shape (N, T, D, H, W); "
+            f"got x {tuple(x.shape)} and A {tuple(A.shape)}"
+        )
+    N, _, T, H, W = x.shape
+    if A.shape[0] != N or A.shape[1] != T or A.shape[3:] != (H, W):
+        raise ValueError(
+            f"A must have shape ({N}, {T}, D, {H}, {W}) to match x {tuple(x.shape)}; got {tuple(A.shape)}"
+        )
+
+
+def _working_dtype(*ts: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _regularisers(dt: torch.dtype, eps: float | None, ridge: float | None) -> tuple[float, float]:
+    e, r = _REGULARISERS[dt]
+    return (e if eps is None else eps), (r if ridge is None else ridge)
+
+
+def projection_coefficients(
+    x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None
+) -> torch.Tensor:
+    """Eq. 1: the coefficients ``y = (A^T A)^-1 A^T x``, shape (N, C, D, H, W)."""
+    _check_pair(x, A)
+    dt = _working_dtype(x, A)
+    eps, ridge = _regularisers(dt, eps, ridge)
+    with torch.autocast(x.device.type, enabled=False):
+        x, A = x.to(dt), A.to(dt)
+        return _solve_normal(_gram(A), temporal_contract(x, A), eps, ridge)
+
+
+def project(x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None) -> torch.Tensor:
+    """Eq. 1: the projection ``x^ = A (A^T A)^-1 A^T x`` of every pixel's T-vector.
+
+    x: (N, C, T, H, W), A: (N, T, D, H, W) -> x^ (N, C, T, H, W).  The residual of Eq. 5 is
+    ``x - project(x, A)``.  This materialises a clip-sized tensor; :func:`dynamic_appearance`
+    gives DA and ENoPR without it.
+    """
+    y = projection_coefficients(x, A, eps=eps, ridge=ridge)  # (N, C, D, H, W)
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.einsum("ntdhw,ncdhw->ncthw", A.to(y.dtype), y)
+
+
+def dynamic_appearance(
+    x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DA (Eq. 6) and per-sample ENoPR (Eq. 7) without building the residual.
+
+    x: (N, C, T, H, W), A: (N, T, D, H, W).  Returns ``(da, enopr, static)`` with
+    da (N, C, H, W) = mean_t (x - x^), enopr (N,) and static (N, C, H, W) = mean_t x^.
+    Computed in float32 (float64 if either input is float64), also under autocast.
+    """
+    _check_pair(x, A)
+    N, C, T, H, W = x.shape
+    dt = _working_dtype(x, A)
+    eps, ridge = _regularisers(dt, eps, ridge)
+    with torch.autocast(x.device.type, enabled=False):
+        x, A = x.to(dt), A.to(dt)
+        G = _gram(A)  # (N, D, D, H, W)
+        B = temporal_contract(x, A)  # (N, C, D, H, W)
+        y = _solve_normal(G, B, eps, ridge)  # (N, C, D, H, W)
+        a_mean = A.mean(1)  # (N, D, H, W)
+        static = (a_mean.unsqueeze(1) * y).sum(2)  # (N, C, H, W)
+        da = x.sum(2) / T - static
+        # ||x - A y||^2 summed over t, c, h, w = ||x||^2 - sum(2 y.B - y^T G y); exact for any y.
+        x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()  # (N,)
+        explained = (y * (2 * B - _apply_gram(G, y))).reshape(N, -1).sum(1)  # (N,)
+        res_sq = (x_sq.double() - explained.double()).clamp_min(0).to(dt)
+        enopr = res_sq / (C * H * W)
+    return da, enopr, static
+
+
+# ----------------------------------------------------------------------------------------------
+# The hyperplane generator (Eq. 2-4).
+
+
+def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: pairwise frame similarities at every position.
+
+    feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2): the Gram matrix of the T feature vectors
+    divided by C', upper triangle without the diagonal, row-major (t1 < t2).
+    """
+    N, Cf, T, h, w = feat.shape
+    # Row t1 of the upper triangle at once: T-1 products summed over C' (a batched matmul over
+    # the h*w positions would be thousands of tiny GEMMs).
+    rows = [(feat[:, :, t : t + 1] * feat[:, :, t + 1 :]).sum(1) for t in range(T - 1)]
+    u = torch.cat(rows, 1) / Cf  # (N, P, h, w)
+    return u.permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _bilinear_matrix(n_in: int, n_out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear interpolation, align_corners=False (PyTorch's rule)."""
+    scale = n_in / n_out
+    dst = torch.arange(n_out, dtype=torch.float64)
+    src = ((dst + 0.5) * scale - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    lam = src - i0
+    U = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    U.index_put_((rows, i0), 1 - lam, accumulate=True)
+    U.index_put_((rows, i1), lam, accumulate=True)
+    return U.to(device=device, dtype=dtype)
+
+
+def upsample_bilinear(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of the last two dims, equal to ``F.interpolate(..., align_corners=False)``.
+
+    Written as ``U_h @ z @ U_w^T``: dense matrix products whose backward is also a matrix
+    product (PyTorch's CPU upsample backward is a scatter, about 3x slower here).
+    """
+    h, w = z.shape[-2:]
+    H, W = size
+    Uh = _bilinear_matrix(h, H, str(z.device), z.dtype)
+    Uw = _bilinear_matrix(w, W, str(z.device), z.dtype)
+    return torch.matmul(Uh, torch.matmul(z, Uw.t()))
+
+
+class _Bottleneck(nn.Module):
+    """h + GELU(Linear_up(GELU(Linear_down(BatchNorm(h))))) (Appendix C)."""
+
+    def __init__(self, width: int, inner: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width)
+        self.down = nn.Linear(width, inner)
+        self.up = nn.Linear(inner, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (M, width)
+        return h + F.gelu(self.up(F.gelu(self.down(self.norm(h)))))
+
+
+class PWTP(nn.Module):
+    """Pixel-Wise Temporal Projection: a clip (N, C, T, H, W) -> dynamic appearance (N, C, H, W).
+
+    Args:
+        frames: T, the frames of one segment.
+        rank: D, the dimension of the static subspace per pixel (D <= T/2 recommended).
+        kernel_size, stride, channels: k, s and C' of the spatial convolution F (Eq. 2).
+        expansion: r, the MLP's first expansion ratio.  bottleneck: beta.  blocks: B.
+        in_channels: C of the clip.
+
+    ``forward(x)`` returns a :class:`PWTPOutput` with ``.dynamic`` and ``.enopr``; pass
+    ``return_static=True`` / ``return_residual=True`` for the static appearance and the full
+    residual.  ``hyperplanes(x)`` returns A (N, T, D, H, W).
+    """
+
+    def __init__(
+        self,
+        frames: int = 8,
+        rank: int = 1,
+        kernel_size: int = 9,
+        stride: int = 8,
+        channels: int = 24,
+        expansion: float = 2.0,
+        bottleneck: float = 0.25,
+        blocks: int = 1,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if frames < 2:
+            raise ValueError(f"PWTP needs at least 2 frames per segment, got frames={frames}")
+        if not 1 <= rank < frames:
+            raise ValueError(f"rank D must satisfy 1 <= D < T={frames}, got rank={rank}")
+        self.frames, self.rank, self.in_channels = frames, rank, in_channels
+        pairs = frames * (frames - 1) // 2
+        width = max(1, int(round(expansion * pairs)))
+        inner = max(1, int(round(bottleneck * width)))
+        # Conv F applied frame by frame: a (1, k, k) 3-D convolution reads the clip in place.
+        self.conv = nn.Conv3d(
+            in_channels, channels, (1, kernel_size, kernel_size), stride=(1, stride, stride),
+            padding=(0, kernel_size // 2, kernel_size // 2),
+        )
+        self.expand = nn.Linear(pairs, width)
+        self.blocks = nn.Sequential(*[_Bottleneck(width, inner) for _ in range(blocks)])
+        self.head = nn.Linear(width, frames * rank)
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = f"(N, {self.in_channels}, {self.frames}, H, W)"
+        if x.dim() != 5:
+            raise ValueError(f"PWTP expects a clip of shape {expected} (N, C, T, H, W); got {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels or x.shape[2] != self.frames:
+            raise ValueError(
+                f"PWTP expects a clip of shape {expected} (N, C, T, H, W); got {tuple(x.shape)}"
+            )
+
+    def hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-4: A = Upsample(MLP(u)), shape (N, T, D, H, W)."""
+        self._check(x)
+        N, _, T, H, W = x.shape
+        feat = self.conv(x)  # (N, C', T, h, w)
+        u = relation_descriptor(feat)  # (N, h, w, P)
+        h, w = u.shape[1:3]
+        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*h*w, rP)
+        z = self.head(self.blocks(z))  # (N*h*w, T*D)
+        z = z.reshape(N, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N, T*D, h, w)
+        with torch.autocast(x.device.type, enabled=False):
+            A = upsample_bilinear(z.to(_working_dtype(x, z)), (H, W))  # (N, T*D, H, W)
+        return A.reshape(N, T, self.rank, H, W)
+
+    def forward(self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False) -> PWTPOutput:
+        A = self.hyperplanes(x)
+        da, enopr, static = dynamic_appearance(x, A)
+        residual = x.to(A.dtype) - project(x, A) if return_residual else None
+        return PWTPOutput(da, enopr, static if return_static else None, residual)
+
+    def extra_repr(self) -> str:
+        return f"frames={self.frames}, rank={self.rank}"
