@@ -1,0 +1,213 @@
+"""Joint-training strategies: Eq. 12 (MGDA), Eq. 13 (scheduler) and Algorithm 1."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dynapp.joint import (
+    ALPHA_WHEN_EQUAL,
+    MGDAState,
+    backward_joint,
+    combine_theta1_grads,
+    mgda_alpha,
+    scheduler_alpha,
+    theta1_parameters,
+    weighted_alpha,
+)
+
+
+def _grid_minimiser(g1: torch.Tensor, g2: torch.Tensor) -> float:
+    grid = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    g1, g2 = g1.double(), g2.double()
+    # ||a g1 + (1-a) g2||^2 for every a on the grid, without materialising the vectors
+    d = g1 - g2
+    values = grid**2 * d.dot(d) + 2 * grid * d.dot(g2) + g2.dot(g2)
+    return float(grid[values.argmin()])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mgda_alpha_matches_grid_minimiser(seed):
+    gen = torch.Generator().manual_seed(seed)
+    g1 = torch.randn(50, generator=gen)
+    g2 = torch.randn(50, generator=gen) + 0.3 * g1
+    assert mgda_alpha(g1, g2) == pytest.approx(_grid_minimiser(g1, g2), abs=2e-5)
+
+
+def test_mgda_alpha_interior_solution_is_not_a_clip():
+    g1 = torch.tensor([1.0, 0.0])
+    g2 = torch.tensor([0.0, 1.0])
+    # orthogonal equal-norm gradients: the min-norm point is the midpoint
+    assert mgda_alpha(g1, g2) == pytest.approx(0.5)
+    assert _grid_minimiser(g1, g2) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_mgda_alpha_clips_at_one_and_zero():
+    g1 = torch.tensor([1.0, 0.0])
+    g2 = torch.tensor([3.0, 0.0])  # unclipped alpha' = (2*3)/4 = 1.5 -> 1
+    assert mgda_alpha(g1, g2) == 1.0
+    assert _grid_minimiser(g1, g2) == 1.0
+    # swapped: alpha' = (1-3)*1/4 = -0.5 -> 0
+    assert mgda_alpha(g2, g1) == 0.0
+    assert _grid_minimiser(g2, g1) == 0.0
+
+
+def test_mgda_alpha_equal_gradients():
+    g = torch.randn(30)
+    assert mgda_alpha(g, g.clone()) == ALPHA_WHEN_EQUAL
+    assert mgda_alpha(torch.zeros(5), torch.zeros(5)) == ALPHA_WHEN_EQUAL
+
+
+def test_mgda_alpha_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="same number"):
+        mgda_alpha(torch.zeros(3), torch.zeros(4))
+
+
+def test_mgda_alpha_is_scale_invariant():
+    gen = torch.Generator().manual_seed(3)
+    g1, g2 = torch.randn(20, generator=gen), torch.randn(20, generator=gen)
+    assert mgda_alpha(g1 * 1024, g2 * 1024) == pytest.approx(mgda_alpha(g1, g2), abs=1e-12)
+
+
+@pytest.mark.parametrize("gamma,lam", [(0.1, 0.1), (0.2, 0.1), (0.2, 0.3), (0.5, 0.3)])
+def test_scheduler_values_and_monotone(gamma, lam):
+    M = 1000
+    assert scheduler_alpha(1, M, gamma=gamma, lam=lam) == pytest.approx(1.0)
+    knee = round(gamma * M)
+    assert scheduler_alpha(knee, M, gamma=gamma, lam=lam) == pytest.approx(lam)
+    # continuity at the knee from below
+    assert scheduler_alpha(knee - 1, M, gamma=gamma, lam=lam) == pytest.approx(lam, abs=0.02)
+    assert scheduler_alpha(M, M, gamma=gamma, lam=lam) == pytest.approx(0.0, abs=1e-12)
+    values = [scheduler_alpha(m, M, gamma=gamma, lam=lam) for m in range(1, M + 1)]
+    assert all(b <= a + 1e-12 for a, b in zip(values, values[1:]))
+    assert all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_scheduler_formula_midpoints():
+    # hand evaluation of the two branches of Eq. 13 at one point each
+    M, gamma, lam = 100, 0.2, 0.3
+    m = 5
+    expected = 0.5 * (1 + math.cos(math.acos(2 * lam - 1) * math.log(5) / math.log(20)))
+    assert scheduler_alpha(m, M, gamma=gamma, lam=lam) == pytest.approx(expected)
+    m = 50
+    expected = lam / 2 * (1 + math.cos(math.pi * math.log(50 - 20 + 1) / math.log(80 + 1)))
+    assert scheduler_alpha(m, M, gamma=gamma, lam=lam) == pytest.approx(expected)
+
+
+def test_scheduler_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="gamma"):
+        scheduler_alpha(1, 10, gamma=1.5, lam=0.1)
+    with pytest.raises(ValueError, match="lambda"):
+        scheduler_alpha(1, 10, gamma=0.5, lam=0.0)
+
+
+def test_weighted_alpha():
+    assert weighted_alpha("constant", step=7, total_steps=10, alpha=0.9, gamma=0.2, lam=0.1) == 0.9
+    assert weighted_alpha("scheduler", step=0, total_steps=10, alpha=0.0, gamma=0.2, lam=0.1) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        weighted_alpha("constant", step=0, total_steps=10, alpha=1.5, gamma=0.2, lam=0.1)
+
+
+class _ToyRep(nn.Module):
+    """A tiny 'representation': frames = w * x, aux loss = ||x - w x||^2-like, Theta1 = w."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.7, -0.4]))
+
+
+class _ToyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.representation = _ToyRep()
+        self.head = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.5, 1.5]]))
+
+    def forward(self, x):  # x (N, 2)
+        h = x * self.representation.w
+        aux = ((x - h) ** 2).sum(1).mean()
+        out = self.head(h).squeeze(1)
+        return out, aux
+
+
+def test_algorithm1_update_matches_hand_computation():
+    torch.manual_seed(0)
+    model = _ToyModel()
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, 0.3]])
+    y = torch.tensor([1.0, -2.0, 0.0])
+    w = model.representation.w.detach().clone()
+    v = model.head.weight.detach().clone().reshape(-1)
+
+    theta1 = theta1_parameters(model)
+    assert len(theta1) == 1
+    state = MGDAState(theta1)
+    out, aux = model(x)
+    rec = ((out - y) ** 2).mean()
+    backward_joint("mgda", rec_loss=rec, aux_loss=aux, theta1=theta1, mgda_state=state)
+    alpha = combine_theta1_grads(theta1, state)
+
+    # hand computation: aux = mean_n sum_k x_nk^2 (1 - w_k)^2 ; rec = mean_n (sum_k v_k w_k x_nk - y_n)^2
+    g1 = (-2 * (1 - w) * (x**2)).mean(0)
+    r = (x * w * v).sum(1) - y
+    g2 = (2 * r[:, None] * v * x).mean(0)
+    g_head = (2 * r[:, None] * w * x).mean(0)
+    d = g1 - g2
+    a = float(((g2 - g1) @ g2) / (d @ d))
+    a = min(max(a, 0.0), 1.0)
+    assert alpha == pytest.approx(a, abs=1e-6)
+    assert torch.allclose(model.representation.w.grad, a * g1 + (1 - a) * g2, atol=1e-6)
+    # Theta2 follows the plain gradient of the recognition loss (Algorithm 1 line 6)
+    assert torch.allclose(model.head.weight.grad.reshape(-1), g_head, atol=1e-6)
+    # and the SGD step of Algorithm 1
+    lr = 0.1
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt.step()
+    assert torch.allclose(model.representation.w, w - lr * (a * g1 + (1 - a) * g2), atol=1e-6)
+    assert torch.allclose(model.head.weight.reshape(-1), v - lr * g_head, atol=1e-6)
+    assert state.g1 is None
+
+
+def test_mgda_accumulation_equals_full_batch():
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(8, generator=torch.Generator().manual_seed(2))
+    grads = []
+    alphas = []
+    for chunks in (1, 2):
+        model = _ToyModel()
+        theta1 = theta1_parameters(model)
+        state = MGDAState(theta1)
+        for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
+            out, aux = model(xb)
+            backward_joint("mgda", rec_loss=((out - yb) ** 2).mean(), aux_loss=aux, theta1=theta1,
+                           divide=chunks, mgda_state=state)
+        alphas.append(combine_theta1_grads(theta1, state))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert alphas[0] == pytest.approx(alphas[1], abs=1e-6)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_constant_strategy_is_weighted_objective():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(5))
+    y = torch.randn(4, generator=torch.Generator().manual_seed(6))
+    model, ref = _ToyModel(), _ToyModel()
+    out, aux = model(x)
+    backward_joint("constant", rec_loss=((out - y) ** 2).mean(), aux_loss=aux,
+                   theta1=theta1_parameters(model), alpha=0.25)
+    out, aux = ref(x)
+    (0.25 * aux + 0.75 * ((out - y) ** 2).mean()).backward()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a.grad, b.grad)
+
+
+def test_no_aux_loss_is_plain_backward():
+    model = _ToyModel()
+    x = torch.randn(4, 2)
+    out, _ = model(x)
+    backward_joint("mgda", rec_loss=out.pow(2).mean(), aux_loss=None, theta1=theta1_parameters(model),
+                   mgda_state=MGDAState([]))
+    assert model.head.weight.grad is not None
