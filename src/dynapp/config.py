@@ -1,0 +1,336 @@
+"""Run configuration: dataclasses loaded from YAML, dotted ``key=value`` overrides, validation.
+
+Every knob of a training run lives here, grouped as data / model / optim / joint / eval / log /
+checkpoint.  A config is only ever read by the one builder (``dynapp.train.run_from_config``),
+which turns it into explicit keyword arguments: no module receives a config object.
+
+Errors are one line (``ConfigError``, a ``ValueError``): an unknown key names the closest known
+key, a bad value names the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "JointConfig",
+    "EvalConfig",
+    "LogConfig",
+    "CheckpointConfig",
+    "RunConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "validate",
+    "all_keys",
+]
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key or bad value (one-line message)."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "random"  # a name of dynapp.data.DATASETS, or "random" (in-memory noise clips)
+    root: str = ""  # dataset root folder
+    split: int = 1  # official split (UCF101/HMDB51: 1..3)
+    segments: int = 4  # S
+    frames: int = 8  # T frames per segment
+    sampling: str = "tsn"  # "tsn" (sparse, SS V1/UCF/HMDB) or "dense" (Kinetics)
+    crop_size: int = 160
+    num_classes: int = 0  # 0: take it from the dataset
+    num_workers: int = 4
+    num_samples: int = 64  # only for dataset "random": number of videos
+    dataset_kwargs: dict = field(default_factory=dict)  # passed to build_dataset as is
+
+
+@dataclass
+class ModelConfig:
+    representation: str = "pwtp"
+    backbone: str = "x3d_xs"
+    dropout: float = 0.5
+    pretrained: str | None = None
+    in_channels: int = 3
+    representation_kwargs: dict = field(default_factory=dict)
+    backbone_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 8  # GLOBAL batch: split over processes and accumulation steps
+    accumulation_steps: int = 1
+    lr: float = 0.01  # for the global batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine; stepped every optimiser step
+    warmup_start_factor: float = 0.01
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    clip_grad_norm: float = 20.0  # 0 disables
+    classifier_lr_mult: float = 5.0
+    classifier_wd_mult: float = 5.0
+    representation_lr_mult: float = 1.0  # ViT recipe: 5
+    representation_wd_mult: float = 1.0
+    freeze_bn: bool = False  # freeze every BatchNorm of the backbone except the first (fine-tuning)
+    amp: bool = True  # mixed precision; only ever used on CUDA
+
+
+@dataclass
+class JointConfig:
+    strategy: str = "mgda"  # mgda | constant | scheduler | separate
+    alpha: float = 0.5  # constant strategy
+    gamma: float = 0.2  # scheduler (Eq. 13)
+    lam: float = 0.1  # scheduler (Eq. 13)
+    separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 1  # 0: only at the end
+    clips: int = 1  # temporal views per video
+    crops: int = 1  # spatial views per video
+    batch_size: int = 8  # per process
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = "runs/default"
+    tensorboard: bool = True
+    csv: bool = True
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # also save every N optimiser steps (0: only at epoch ends)
+    keep_every_epoch: bool = False  # keep epoch_XXX.pt besides last.pt
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke tests
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config class, e.g. ``optim.lr``."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        if _is_dataclass_type(tp):
+            keys.extend(all_keys(tp, prefix + name + "."))
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown(prefix + str(key), all_keys())
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> RunConfig:
+    """A validated ``RunConfig`` from a nested dict (as read from YAML); missing keys keep defaults."""
+    cfg = _build(RunConfig, data or {})
+    validate(cfg)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (data or {}).items()}
+    known = all_keys()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        # a key inside a free-form dict (e.g. model.representation_kwargs.rank) is allowed
+        is_known = key in known or any(key.startswith(k + ".") for k in known if k.endswith("_kwargs"))
+        if not is_known:
+            raise _unknown(key, known)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            else:
+                child = dict(child)
+            node[part] = child
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(data)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks across the whole config (one-line ``ConfigError`` on the first failure)."""
+    d, m, o, j, e = cfg.data, cfg.model, cfg.optim, cfg.joint, cfg.eval
+    _check(cfg.device in ("auto", "cpu", "cuda"), f"device: expected auto, cpu or cuda, got {cfg.device!r}")
+    _check(cfg.max_steps >= 0, f"max_steps: must be >= 0, got {cfg.max_steps}")
+    _check(d.segments >= 1, f"data.segments: must be >= 1, got {d.segments}")
+    _check(d.frames >= 1, f"data.frames: must be >= 1, got {d.frames}")
+    _check(d.sampling in ("tsn", "dense"), f"data.sampling: expected tsn or dense, got {d.sampling!r}")
+    _check(d.crop_size >= 8, f"data.crop_size: must be >= 8, got {d.crop_size}")
+    _check(d.num_classes >= 0, f"data.num_classes: must be >= 0, got {d.num_classes}")
+    _check(d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
+    _check(d.split in (1, 2, 3), f"data.split: expected 1, 2 or 3, got {d.split}")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
+    _check(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
+    _check(o.batch_size >= 1, f"optim.batch_size: must be >= 1, got {o.batch_size}")
+    _check(o.accumulation_steps >= 1, f"optim.accumulation_steps: must be >= 1, got {o.accumulation_steps}")
+    _check(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    _check(0.0 <= o.momentum < 1.0, f"optim.momentum: must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs: must be in [0, epochs={o.epochs}], got {o.warmup_epochs}")
+    _check(0 < o.warmup_start_factor <= 1, f"optim.warmup_start_factor: must be in (0, 1], got {o.warmup_start_factor}")
+    _check(0 <= o.min_lr <= o.lr, f"optim.min_lr: must be in [0, lr], got {o.min_lr}")
+    _check(0.0 <= o.label_smoothing < 1.0, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
+    _check(o.clip_grad_norm >= 0, f"optim.clip_grad_norm: must be >= 0 (0 disables), got {o.clip_grad_norm}")
+    for name in ("classifier_lr_mult", "classifier_wd_mult", "representation_lr_mult", "representation_wd_mult"):
+        _check(getattr(o, name) >= 0, f"optim.{name}: must be >= 0, got {getattr(o, name)}")
+    _check(j.strategy in ("mgda", "constant", "scheduler", "separate"),
+           f"joint.strategy: expected mgda, constant, scheduler or separate, got {j.strategy!r}")
+    _check(0.0 <= j.alpha <= 1.0, f"joint.alpha: must be in [0, 1], got {j.alpha}")
+    _check(0.0 < j.gamma < 1.0, f"joint.gamma: must be in (0, 1), got {j.gamma}")
+    _check(0.0 < j.lam < 1.0, f"joint.lam: must be in (0, 1), got {j.lam}")
+    _check(0 <= j.separate_epochs < o.epochs or j.strategy != "separate",
+           f"joint.separate_epochs: must be in [0, epochs={o.epochs}), got {j.separate_epochs}")
+    _check(e.every_epochs >= 0, f"eval.every_epochs: must be >= 0, got {e.every_epochs}")
+    _check(e.clips >= 1 and e.crops >= 1, f"eval.clips and eval.crops: must be >= 1, got {e.clips}, {e.crops}")
+    _check(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
+    _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
+    _check(cfg.checkpoint.every_steps >= 0, f"checkpoint.every_steps: must be >= 0, got {cfg.checkpoint.every_steps}")
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """A plain nested dict (YAML/JSON/``weights_only``-safe) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+__all__.append("config_to_dict")
