@@ -78,6 +78,14 @@ class PWTPOutput(NamedTuple):
 # The projection (Eq. 1, 5-7) as pure functions.
 
 
+def _contract(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """sum_t x[:, :, t] A[:, t]: x (N, C, T, H, W), A (N, T, D, H, W) -> (N, C, D, H, W)."""
+    out = x[:, :, 0].unsqueeze(2) * A[:, 0].unsqueeze(1)
+    for t in range(1, x.shape[2]):
+        out.addcmul_(x[:, :, t].unsqueeze(2), A[:, t].unsqueeze(1))
+    return out
+
+
 class _TemporalContract(torch.autograd.Function):
     """B[n, c, d] = sum_t x[n, c, t] * A[n, t, d], per pixel, without an (N, C, T, D, H, W) temporary.
 
@@ -89,11 +97,7 @@ class _TemporalContract(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         # x: (N, C, T, H, W), A: (N, T, D, H, W) -> (N, C, D, H, W)
         ctx.save_for_backward(x, A)
-        T = x.shape[2]
-        out = x[:, :, 0].unsqueeze(2) * A[:, 0].unsqueeze(1)
-        for t in range(1, T):
-            out.addcmul_(x[:, :, t].unsqueeze(2), A[:, t].unsqueeze(1))
-        return out
+        return _contract(x, A)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -230,6 +234,79 @@ def project(x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge
         return torch.einsum("ntdhw,ncdhw->ncthw", A.to(y.dtype), y)
 
 
+def _channel_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_c u[:, c] v[:, c] for (N, C, H, W) tensors -> (N, H, W), without a (N, C, H, W) temporary."""
+    out = u[:, 0] * v[:, 0]
+    for c in range(1, u.shape[1]):
+        out.addcmul_(u[:, c], v[:, c])
+    return out
+
+
+class _RankOneDA(torch.autograd.Function):
+    """DA and ENoPR for D = 1 with a hand-written backward (the default configuration).
+
+    Forward: B = a.x (one pass over the clip), S = sum_t x (one pass), ||x||^2 (one pass), then
+    a few per-pixel operations.  Backward: one pass over the clip for grad_a (and one for grad_x
+    if the clip needs a gradient).  Autograd through the same arithmetic keeps about ten clip- or
+    frame-sized temporaries and runs about 25 elementwise kernels; this runs eight.
+
+    With den = a.a + eps and y = B / den:
+        da = S / T - m y                     (m = mean_t a)
+        ||p||^2 = ||x||^2 - sum_c y_c^2 (a.a + 2 eps)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, eps: float):
+        # x: (N, C, T, H, W), a: (N, T, H, W)
+        N, C, T, H, W = x.shape
+        B = _contract(x, a.unsqueeze(2)).squeeze(2)  # (N, C, H, W) = a.x
+        aa = a[:, 0] * a[:, 0]  # (N, H, W)
+        asum = a[:, 0].clone()
+        for t in range(1, T):
+            aa.addcmul_(a[:, t], a[:, t])
+            asum.add_(a[:, t])
+        inv_den = (aa + eps).reciprocal_().unsqueeze(1)  # (N, 1, H, W)
+        m = asum.div_(T).unsqueeze(1)  # (N, 1, H, W)
+        y = B.mul_(inv_den)  # (N, C, H, W), B is not needed any more
+        static = m * y
+        da = x.sum(2).div_(T).sub_(static)
+        yy = _channel_dot(y, y).unsqueeze(1)  # (N, 1, H, W) sum_c y_c^2
+        x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()
+        explained = (yy * (aa.unsqueeze(1) + 2 * eps)).reshape(N, -1).sum(1)
+        res_sq = x_sq.double() - explained.double()
+        positive = res_sq > 0
+        enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
+        ctx.save_for_backward(x, a, y, inv_den, m, yy, positive)
+        ctx.eps = eps
+        return da, enopr, static
+
+    @staticmethod
+    def backward(ctx, g_da: torch.Tensor, g_enopr: torch.Tensor, g_static: torch.Tensor):
+        x, a, y, inv_den, m, yy, positive = ctx.saved_tensors
+        eps = ctx.eps
+        N, C, T, H, W = x.shape
+        # d enopr / d explained = -1/(CHW) where the residual is positive (clamped otherwise).
+        g_expl = (-g_enopr * positive / (C * H * W)).to(x.dtype).view(N, 1, 1, 1)
+        aa = inv_den.reciprocal() - eps  # (N, 1, H, W)
+        u = g_static - g_da  # (N, C, H, W); g_y = m u
+        yu = _channel_dot(y, u).unsqueeze(1)  # (N, 1, H, W), this is also g_m
+        # g_B = (m u + 2 g_expl (aa + 2 eps) y) / den
+        g_B = torch.addcmul(m * u, 2 * g_expl * (aa + 2 * eps), y).mul_(inv_den)
+        # g_aa = -(m yu + g_expl (aa + 3 eps) yy) / den
+        g_aa = torch.addcmul(m * yu, g_expl * (aa + 3 * eps), yy).mul_(inv_den).neg_()
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[1]:
+            # grad_a[t] = sum_c g_B[c] x[c, t] + 2 a[t] g_aa + g_m / T       -> (N, T, H, W)
+            grad_a = torch.addcmul(yu / T, a, g_aa, value=2.0)
+            for c in range(C):
+                grad_a.addcmul_(x[:, c], g_B[:, c : c + 1])
+        if ctx.needs_input_grad[0]:
+            # grad_x[c, t] = g_B[c] a[t] + g_da[c] / T - 2 x[c, t] g_expl    -> (N, C, T, H, W)
+            grad_x = g_B.unsqueeze(2) * a.unsqueeze(1)
+            grad_x.add_((g_da / T).unsqueeze(2)).addcmul_(x, g_expl.view(N, 1, 1, 1, 1), value=-2.0)
+        return grad_x, grad_a, None
+
+
 def dynamic_appearance(
     x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,6 +322,8 @@ def dynamic_appearance(
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(x.device.type, enabled=False):
         x, A = x.to(dt), A.to(dt)
+        if A.shape[2] == 1:
+            return _RankOneDA.apply(x, A.squeeze(2), eps)
         G = _gram(A)  # (N, D, D, H, W)
         B = temporal_contract(x, A)  # (N, C, D, H, W)
         y = _solve_normal(G, B, eps, ridge)  # (N, C, D, H, W)
@@ -303,7 +382,8 @@ def upsample_bilinear(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     H, W = size
     Uh = _bilinear_matrix(h, H, str(z.device), z.dtype)
     Uw = _bilinear_matrix(w, W, str(z.device), z.dtype)
-    return torch.matmul(Uh, torch.matmul(z, Uw.t()))
+    # The big product last, flattened to one GEMM (N*T*H, w) @ (w, W) rather than a batched one.
+    return torch.matmul(torch.matmul(Uh, z), Uw.t())
 
 
 class _Bottleneck(nn.Module):

@@ -1,0 +1,116 @@
+"""Speed of PWTP (forward, and forward + backward) against the floor, in one process.
+
+Setting: batch 8, T = 8 frames, 224 x 224, C = 3, the default PWTP (k=9, s=8, C'=24), D in {1, 3}.
+The floor is what no implementation of PWTP can avoid: the conv F alone plus one reduction pass
+over the clip (``x.sum(2)``).  Every candidate is timed interleaved with the floor (floor, candidate,
+floor, candidate, ...) and the ratio is the median over repeats of candidate / floor, so slow drift
+of a shared machine cancels out.
+
+    python benchmarks/bench_pwtp.py [--repeats 15] [--batch 8] [--size 224] [--compile]
+
+It prints a table and, last, one JSON line with the times (ms), the ratios to the floor and the
+keys ``forward_ratio`` and ``train_ratio`` (D = 1, the default configuration, eager).
+
+What each optimisation bought (measured on the 2-core development CPU, D = 1, batch 8; the
+straightforward eager version -- materialise x^ and p, einsums, F.interpolate, autograd through
+everything -- measured 8x to 17x the floor):
+
+* No layout copy of the clip: conv F is a (1, k, k) Conv3d reading (N, C, T, H, W) in place
+  instead of a Conv2d on a transposed (N*T, C, H, W) copy.  The 38 MB copy cost more than the
+  convolution itself (fresh allocations above glibc's 32 MB mmap threshold page-fault every call).
+* Fused reductions: DA = mean_t x - mean_t(a) y and ||p||^2 = ||x||^2 - y^2 (a.a + 2 eps) need
+  only a.x, sum_t x and ||x||^2: three passes over the clip and no (N, C, T, H, W) temporary.
+* A hand-written backward for D = 1 (one more pass over the clip for grad_a) instead of autograd
+  through ~15 elementwise ops with clip- and frame-sized saved tensors.
+* Bilinear upsampling as two matrix products: the same numbers as F.interpolate, and its
+  backward is a matrix product too (PyTorch's CPU upsample backward was about 3x slower).
+* The Gram features of Eq. 3 and the normal equations for D > 1 as short loops of elementwise
+  products: einsum turned them into batched matmuls of thousands of 8 x 24 matrices.
+* torch.compile (``--compile``) is reported as a separate row: see the table for what it buys here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from dynapp import PWTP
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved(floor, candidate, repeats: int, warmup: int = 3) -> tuple[float, float, float]:
+    """Median floor time, median candidate time and median per-pair ratio, in ms."""
+    for _ in range(warmup):
+        floor()
+        candidate()
+    fs, cs, rs = [], [], []
+    for _ in range(repeats):
+        f = _time_once(floor)
+        c = _time_once(candidate)
+        fs.append(f)
+        cs.append(c)
+        rs.append(c / f)
+    return statistics.median(fs), statistics.median(cs), statistics.median(rs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(PWTP)")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.frames, args.size, args.size)
+    rows, result = [], {"device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch,
+                        "frames": args.frames, "size": args.size}
+
+    for rank in (1, 3):
+        pwtp = PWTP(frames=args.frames, rank=rank).train()
+        variants = [("eager", pwtp)]
+        if args.compile:
+            variants.append(("compiled", torch.compile(pwtp)))
+
+        def floor():
+            with torch.no_grad():
+                pwtp.conv(x)
+                x.sum(2)
+
+        for name, module in variants:
+            def forward(module=module):
+                with torch.no_grad():
+                    module(x)
+
+            def train_step(module=module):
+                out = module(x)
+                (out.dynamic.square().mean() + out.enopr.mean()).backward()
+
+            f_floor, f_ms, f_ratio = interleaved(floor, forward, args.repeats)
+            t_floor, t_ms, t_ratio = interleaved(floor, train_step, args.repeats)
+            rows.append((rank, name, f_floor, f_ms, f_ratio, t_ms, t_ratio))
+            key = f"D{rank}_{name}"
+            result[key] = {"floor_ms": round((f_floor + t_floor) / 2, 3), "forward_ms": round(f_ms, 3),
+                           "train_ms": round(t_ms, 3), "forward_ratio": round(f_ratio, 3),
+                           "train_ratio": round(t_ratio, 3)}
+
+    print(f"{'D':>2} {'variant':>9} {'floor ms':>9} {'fwd ms':>8} {'fwd/floor':>10} {'fwd+bwd ms':>11} {'(fwd+bwd)/floor':>16}")
+    for rank, name, fl, f, fr, t, tr in rows:
+        print(f"{rank:>2} {name:>9} {fl:>9.2f} {f:>8.2f} {fr:>10.2f} {t:>11.2f} {tr:>16.2f}")
+    result["forward_ratio"] = result["D1_eager"]["forward_ratio"]
+    result["train_ratio"] = result["D1_eager"]["train_ratio"]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
