@@ -25,6 +25,76 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def flops(
+    representation: str = typer.Option("rgb", help="rgb, rgb_diff, dynamic_image, flow_tvl1, flow_farneback, pwtp"),
+    backbone: str = typer.Option("tsm_resnet50", help="tsm_resnet50, x3d_xs, x3d_m, vit_b16, small2d, small3d"),
+    num_classes: int = typer.Option(174, help="classifier outputs"),
+    segments: int = typer.Option(8, help="S, segments per clip"),
+    frames: int = typer.Option(1, help="T, frames per segment"),
+    crop: int = typer.Option(224, help="spatial size of the view"),
+    paper: bool = typer.Option(False, "--paper", help="print the paper's models beside the published numbers"),
+) -> None:
+    """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart."""
+    from dynapp.flops import format_table, model_flops, paper_rows
+
+    if paper:
+        typer.echo(format_table(paper_rows()))
+        return
+    config = dict(representation=representation, backbone=backbone, num_classes=num_classes, segments=segments, frames=frames, crop=crop)
+    try:
+        report = model_flops(**config)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(format_table([{**config, "report": report}]))
+
+
+@app.command("check-data")
+def check_data(
+    dataset: str = typer.Option(..., help="ucf101, hmdb51, kinetics, minikinetics, ssv1, list or folder"),
+    root: str = typer.Option(..., help="the dataset's root folder (see README, Data)"),
+    split: int = typer.Option(1, help="official split (1-3 for UCF101/HMDB51)"),
+    subset: str = typer.Option("all", help="all, train or test"),
+    segments: int = typer.Option(8, help="S; videos shorter than S*T frames are reported"),
+    frames: int = typer.Option(8, help="T, frames per segment"),
+    quick: bool = typer.Option(False, help="decode only the first and last frame of each video"),
+    workers: int = typer.Option(0, help="decoding processes"),
+) -> None:
+    """Scan a dataset: report every unreadable or too-short video; exit 1 if any is unreadable."""
+    from dynapp.data.check import run_check_data
+
+    try:
+        status = run_check_data(dataset, root, split=split, subset=subset, segments=segments,
+                                frames=frames, quick=quick, workers=workers, echo=typer.echo)
+    except (ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(status)
+
+
+@app.command()
+def extract(
+    video: str = typer.Argument(..., help="a video file or a folder of frames"),
+    out: str = typer.Option(..., "--out", help="folder for the PNGs"),
+    segments: int = typer.Option(8, help="S segments (one PNG each)"),
+    frames: int = typer.Option(8, help="T frames per segment"),
+    steps: int = typer.Option(200, help="Adam steps fitting PWTP to this video (ignored with --checkpoint)"),
+    checkpoint: str = typer.Option(None, help="trained PWTP or model checkpoint instead of fitting"),
+    size: int = typer.Option(128, help="short side of the frames, in pixels"),
+) -> None:
+    """Write the frame average beside the dynamic appearance for each segment of a video (Fig. 4)."""
+    from dynapp.data.decode import VideoDecodeError
+    from dynapp.extract import extract as run_extract
+
+    try:
+        paths = run_extract(video, out, segments=segments, frames=frames, steps=steps,
+                            checkpoint=checkpoint, short_side=size)
+    except (VideoDecodeError, ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {len(paths)} images to {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

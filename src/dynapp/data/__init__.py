@@ -1,0 +1,40 @@
+"""Video data: decoding, dataset readers, TSN/dense sampling, transforms and the clip Dataset.
+
+Public API::
+
+    read_frames(source, indices, *, short_side=None, backend="pyav") -> (3, T, H, W) uint8
+    open_video(source, backend="pyav") -> Video (.num_frames, .read(indices, short_side=None))
+    DATASETS: {"ucf101", "hmdb51", "kinetics", "minikinetics", "ssv1", "list", "folder"} -> reader
+    read_annotations(name, root, *, split=1, train=True) -> Annotations(items, classes)
+    tsn_indices / dense_indices / sample_indices: frame indices of a clip (pure numpy)
+    VideoDataset, build_dataset(name, root, *, split=1, train, segments, frames, sampling, crop_size, ...)
+    check_dataset(paths, *, min_frames, quick=False, workers=0) -> [CheckResult]
+"""
+
+from dynapp.data.annotations import DATASETS, Annotation, Annotations, read_annotations
+from dynapp.data.check import CheckResult, check_dataset, check_video
+from dynapp.data.dataset import BadItem, BadVideoWarning, VideoDataset, build_dataset
+from dynapp.data.decode import VideoDecodeError, count_frames, open_video, read_frames
+from dynapp.data.sampling import SAMPLERS, dense_indices, sample_indices, tsn_indices
+
+__all__ = [
+    "DATASETS",
+    "Annotation",
+    "Annotations",
+    "read_annotations",
+    "CheckResult",
+    "check_dataset",
+    "check_video",
+    "BadItem",
+    "BadVideoWarning",
+    "VideoDataset",
+    "build_dataset",
+    "VideoDecodeError",
+    "count_frames",
+    "open_video",
+    "read_frames",
+    "SAMPLERS",
+    "dense_indices",
+    "sample_indices",
+    "tsn_indices",
+]

@@ -1,0 +1,275 @@
+"""The torch Dataset of video clips, and ``build_dataset`` for the ``--dataset`` names.
+
+An item is ``(clip, label, video_index)``: ``clip`` is ``(C=3, S*T, H, W)`` float32 normalised
+with the ImageNet mean and std (S segments of T consecutive frames), ``label`` the 0-based class,
+``video_index`` the position of the video in ``dataset.items``.  In testing every video gives
+``num_clips * num_crops`` consecutive items (its views), each carrying the video index, so scores
+can be averaged per video: item ``i`` is view ``i % views`` of video ``i // views``.
+
+Bad files never stop a run.  When a video cannot be read (missing, empty, not a video,
+truncated, an unreadable frame folder) the Dataset warns once naming it (:class:`BadVideoWarning`),
+marks it bad and returns the next readable video in the list instead (video ``j + 1``,
+``j + 2``, ...; same view position), with *that* video's label and index; a bad video
+therefore gets no items and is never decoded again.  The marks live in a shared-memory tensor,
+so the count (:attr:`VideoDataset.num_bad`) and the list (:meth:`VideoDataset.bad_items`)
+are complete in the main process after a run, also when DataLoader workers did the decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dynapp.data.annotations import Annotation, read_annotations
+from dynapp.data.decode import BACKENDS, VideoDecodeError, open_video
+from dynapp.data.sampling import SAMPLERS, sample_indices
+from dynapp.data.transforms import (
+    center_crop,
+    horizontal_flip,
+    multiscale_crop,
+    normalize,
+    random_resized_crop,
+    resize_short_side,
+    three_crop,
+)
+
+__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "TRAIN_CROPS"]
+
+TRAIN_CROPS = ("multiscale", "random_resized")
+
+
+class BadVideoWarning(UserWarning):
+    """A video that could not be read and was replaced by another one."""
+
+
+class BadItem(NamedTuple):
+    """A video the Dataset skipped: its index in ``items``, its path and why."""
+
+    index: int
+    path: Path
+    reason: str
+
+
+def _load_clip(
+    path: Path,
+    *,
+    sampling: str,
+    segments: int,
+    frames: int,
+    stride: int,
+    train: bool,
+    clip: int,
+    num_clips: int,
+    scale_size: int,
+    rng: np.random.Generator | None,
+    backend: str,
+) -> torch.Tensor:
+    """Decode the sampled frames of one view, resized so the short side is ``scale_size``."""
+    with open_video(path, backend) as video:
+        idx = sample_indices(
+            sampling, video.num_frames, segments, frames,
+            train=train, stride=stride, rng=rng, clip=clip, num_clips=num_clips,
+        )
+        x = video.read(idx, short_side=scale_size)  # (3, S*T, H, W) uint8
+    return resize_short_side(x, scale_size)
+
+
+class VideoDataset(Dataset):
+    """Clips of S segments x T frames from a list of :class:`Annotation` items.
+
+    Args:
+        items: the videos (``Annotations.items`` of a reader).
+        segments, frames: S and T.  sampling: ``"tsn"`` or ``"dense"`` (``stride`` for dense).
+        train: random sampling and augmentation; otherwise deterministic multi-view testing.
+        crop_size: output H = W.  scale_size: short side before cropping (default
+            ``round(crop_size * 256 / 224)``; with ``num_crops=3`` the default is ``crop_size``,
+            TSM's "full resolution" three crops).
+        flip: random horizontal flip in training (turn off for Something-Something).
+        train_crop: ``"multiscale"`` (TSN corner crops) or ``"random_resized"``.
+        num_clips, num_crops: test views per video (temporal clips x 1 or 3 spatial crops).
+        backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed.
+        classes: the class names (kept as ``.classes``).
+        max_replacements: how many following videos to try before giving up on a bad one.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Annotation],
+        *,
+        segments: int,
+        frames: int,
+        train: bool,
+        sampling: str = "tsn",
+        stride: int = 1,
+        crop_size: int = 224,
+        scale_size: int | None = None,
+        flip: bool = True,
+        train_crop: str = "multiscale",
+        num_clips: int = 1,
+        num_crops: int = 1,
+        backend: str = "pyav",
+        classes: Sequence[str] | None = None,
+        max_replacements: int = 100,
+    ):
+        if sampling not in SAMPLERS:
+            raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLERS)}")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"unknown train_crop {train_crop!r}; choose one of {', '.join(TRAIN_CROPS)}")
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if num_clips < 1 or segments < 1 or frames < 1:
+            raise ValueError("segments, frames and num_clips must be >= 1")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown decoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if not items:
+            raise ValueError("the dataset has no videos")
+        self.items = [Annotation(Path(a.path), int(a.label), a.num_frames) for a in items]
+        self.segments, self.frames, self.train = segments, frames, train
+        self.sampling, self.stride = sampling, stride
+        self.crop_size, self.flip, self.train_crop = crop_size, flip, train_crop
+        self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
+        if scale_size is None:
+            scale_size = crop_size if self.num_crops == 3 else int(round(crop_size * 256 / 224))
+        self.scale_size = scale_size
+        self.backend = backend
+        self.classes = list(classes) if classes is not None else [
+            str(i) for i in range(max(a.label for a in self.items) + 1)]
+        self.max_replacements = max_replacements
+        # Shared between the main process and DataLoader workers (fork or spawn): 1 = bad.
+        self._bad = torch.zeros(len(self.items), dtype=torch.uint8)
+        try:
+            self._bad.share_memory_()
+        except (RuntimeError, OSError):  # no shared memory: counts stay per process
+            pass
+        self._reasons: dict[int, str] = {}
+
+    @property
+    def views(self) -> int:
+        """Items per video: 1 in training, ``num_clips * num_crops`` in testing."""
+        return self.num_clips * self.num_crops
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.views
+
+    def video_index(self, item: int) -> int:
+        """The video behind item ``item`` (before any replacement of a bad video)."""
+        return item // self.views
+
+    def _view(self, j: int, view: int) -> torch.Tensor:
+        clip, crop = divmod(view, self.num_crops)
+        rng = None
+        if self.train:
+            # Drawn from torch's RNG, which the DataLoader seeds differently in every worker
+            # and every epoch, and which torch.manual_seed makes reproducible.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        x = _load_clip(
+            self.items[j].path, sampling=self.sampling, segments=self.segments, frames=self.frames,
+            stride=self.stride, train=self.train, clip=clip, num_clips=self.num_clips,
+            scale_size=self.scale_size, rng=rng, backend=self.backend,
+        )
+        if self.train:
+            if self.train_crop == "multiscale":
+                x = multiscale_crop(x, self.crop_size, rng)
+            else:
+                x = random_resized_crop(x, self.crop_size, rng)
+            if self.flip and rng.random() < 0.5:
+                x = horizontal_flip(x)
+        elif self.num_crops == 3:
+            x = three_crop(x, self.crop_size)[crop]
+        else:
+            x = center_crop(x, self.crop_size)
+        return normalize(x)  # (3, S*T, crop, crop) float32
+
+    def _mark_bad(self, j: int, reason: str, replacement: int | None) -> None:
+        self._bad[j] = 1
+        self._reasons[j] = reason
+        instead = f"; using video {replacement} instead" if replacement is not None else ""
+        warnings.warn(f"skipping unreadable video {self.items[j].path}: {reason}{instead}", BadVideoWarning, stacklevel=3)
+
+    def __getitem__(self, item: int):
+        if not 0 <= item < len(self):
+            raise IndexError(f"item {item} out of range for {len(self)} items")
+        video, view = divmod(item, self.views)
+        n = len(self.items)
+        tries = min(n, self.max_replacements + 1)
+        for step in range(tries):
+            j = (video + step) % n
+            if self._bad[j]:
+                continue
+            try:
+                return self._view(j, view), self.items[j].label, j
+            except Exception as err:  # a bad file must never stop a run
+                reason = err.reason if isinstance(err, VideoDecodeError) else f"{type(err).__name__}: {err}"
+                self._mark_bad(j, reason, (j + 1) % n if step + 1 < tries else None)
+        raise RuntimeError(
+            f"{tries} videos in a row from {self.items[video].path} are unreadable; "
+            "run `dynapp check-data` on this dataset"
+        )
+
+    @property
+    def num_bad(self) -> int:
+        """How many videos were found unreadable so far (in every worker)."""
+        return int(self._bad.sum())
+
+    def bad_items(self) -> list[BadItem]:
+        """The videos skipped so far, with reasons (re-read in this process when a worker found it)."""
+        out = []
+        for j in torch.nonzero(self._bad).flatten().tolist():
+            reason = self._reasons.get(j)
+            if reason is None:
+                try:
+                    with open_video(self.items[j].path, self.backend) as v:
+                        v.read([0, v.num_frames - 1])
+                    reason = "unreadable during loading"
+                except VideoDecodeError as err:
+                    reason = err.reason
+                except Exception as err:
+                    reason = f"{type(err).__name__}: {err}"
+                self._reasons[j] = reason
+            out.append(BadItem(j, self.items[j].path, reason))
+        return out
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    split: int = 1,
+    train: bool,
+    segments: int,
+    frames: int,
+    sampling: str = "tsn",
+    crop_size: int = 224,
+    flip: bool | None = None,
+    **kwargs,
+) -> VideoDataset:
+    """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
+
+    ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
+    direction; the paper trains it without flipping).  Other keyword arguments go to
+    :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
+    ``num_crops``, ``backend``).
+    """
+    ann = read_annotations(name, root, split=split, train=train)
+    if flip is None:
+        flip = name != "ssv1"
+    ds = VideoDataset(
+        ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
+        crop_size=crop_size, flip=flip, classes=ann.classes, **kwargs,
+    )
+    ds.name = name
+    return ds

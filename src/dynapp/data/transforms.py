@@ -1,0 +1,167 @@
+"""Spatial transforms of ``(C, T, H, W)`` uint8 clips: every frame of a clip gets the same crop.
+
+Training: :func:`multiscale_crop` (TSN's corner/centre multi-scale crop, used by TSM) or
+:func:`random_resized_crop` (Inception-style, used for ViT/X3D recipes), then an optional
+:func:`horizontal_flip` (off for Something-Something, whose labels say "left" and "right").
+Testing: :func:`resize_short_side`, then :func:`center_crop` or :func:`three_crop`.
+Last, :func:`normalize` to float with the ImageNet mean and std.
+
+The geometric work is torchvision's ``transforms.v2.functional`` on tensors (antialiased
+bilinear resizing); the random choices are drawn from a numpy ``Generator`` passed in, so a
+seeded generator gives the same crops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "resize_short_side",
+    "center_crop",
+    "three_crop",
+    "multiscale_crop",
+    "random_resized_crop",
+    "horizontal_flip",
+    "normalize",
+    "denormalize",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_BILINEAR = InterpolationMode.BILINEAR
+
+
+def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_short_side(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(C, T, H, W)`` so that ``min(H, W) == size``, keeping the aspect ratio."""
+    h, w = clip.shape[-2:]
+    if min(h, w) == size:
+        return clip
+    if h <= w:
+        new = (size, max(1, int(round(w * size / h))))
+    else:
+        new = (max(1, int(round(h * size / w))), size)
+    return TF.resize(clip, list(new), interpolation=_BILINEAR, antialias=True)
+
+
+def _fit(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upscale a clip smaller than the crop so that the crop fits (tiny or odd-sized videos)."""
+    h, w = clip.shape[-2:]
+    if h >= size[0] and w >= size[1]:
+        return clip
+    scale = max(size[0] / h, size[1] / w)
+    new = [max(size[0], math.ceil(h * scale)), max(size[1], math.ceil(w * scale))]
+    return TF.resize(clip, new, interpolation=_BILINEAR, antialias=True)
+
+
+def center_crop(clip: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """The centre ``size`` crop of every frame (the clip is enlarged first if it is smaller)."""
+    size = _size2(size)
+    return TF.center_crop(_fit(clip, size), list(size))
+
+
+def three_crop(clip: torch.Tensor, size: int | tuple[int, int]) -> list[torch.Tensor]:
+    """Three crops along the long side (left/centre/right, or top/centre/bottom), as in TSM testing."""
+    size = _size2(size)
+    clip = _fit(clip, size)
+    h, w = clip.shape[-2:]
+    if w - size[1] >= h - size[0]:
+        boxes = [(( h - size[0]) // 2, x) for x in (0, (w - size[1]) // 2, w - size[1])]
+    else:
+        boxes = [(y, (w - size[1]) // 2) for y in (0, (h - size[0]) // 2, h - size[0])]
+    return [TF.crop(clip, y, x, size[0], size[1]) for y, x in boxes]
+
+
+def multiscale_crop(
+    clip: torch.Tensor,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66),
+    max_distort: int = 1,
+    fix_crop: bool = True,
+) -> torch.Tensor:
+    """TSN multi-scale crop: width and height from ``scales`` x the short side (their scale
+    indices differ by at most ``max_distort``), placed at one of 13 fixed positions (corners,
+    centre, edge midpoints and quarter points; ``fix_crop=False``: anywhere), resized to ``size``.
+    """
+    size = _size2(size)
+    h, w = clip.shape[-2:]
+    base = min(h, w)
+    sizes = [max(1, int(base * s)) for s in scales]
+    crop_h = [size[0] if abs(c - size[0]) < 3 else c for c in sizes]
+    crop_w = [size[1] if abs(c - size[1]) < 3 else c for c in sizes]
+    pairs = [(crop_h[i], crop_w[j]) for i in range(len(sizes)) for j in range(len(sizes)) if abs(i - j) <= max_distort]
+    ch, cw = pairs[int(rng.integers(len(pairs)))]
+    ch, cw = min(ch, h), min(cw, w)
+    if fix_crop:
+        dy, dx = (h - ch) // 4, (w - cw) // 4
+        offsets = [(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx),
+                   (0, 2 * dx), (4 * dy, 2 * dx), (2 * dy, 0), (2 * dy, 4 * dx),
+                   (dy, dx), (dy, 3 * dx), (3 * dy, dx), (3 * dy, 3 * dx)]
+        y, x = offsets[int(rng.integers(len(offsets)))]
+    else:
+        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+    return TF.resized_crop(clip, y, x, ch, cw, list(size), interpolation=_BILINEAR, antialias=True)
+
+
+def random_resized_crop(
+    clip: torch.Tensor,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio in ``ratio``."""
+    size = _size2(size)
+    h, w = clip.shape[-2:]
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            break
+    else:  # fall back to the largest centred crop of an allowed aspect ratio
+        aspect = min(max(w / h, ratio[0]), ratio[1])
+        cw, ch = (w, int(round(w / aspect))) if w / h < aspect else (int(round(h * aspect)), h)
+        ch, cw = min(ch, h), min(cw, w)
+        y, x = (h - ch) // 2, (w - cw) // 2
+    return TF.resized_crop(clip, y, x, ch, cw, list(size), interpolation=_BILINEAR, antialias=True)
+
+
+def horizontal_flip(clip: torch.Tensor) -> torch.Tensor:
+    """Mirror every frame left-right."""
+    return TF.horizontal_flip(clip)
+
+
+def normalize(
+    clip: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
+    """uint8 ``(C, T, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel."""
+    x = clip.to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def denormalize(
+    clip: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
+    """Inverse of :func:`normalize` (to [0, 1] floats) for any ``(C, ...)`` tensor."""
+    shape = (-1,) + (1,) * (clip.dim() - 1)
+    m = torch.tensor(mean, dtype=clip.dtype).view(shape)
+    s = torch.tensor(std, dtype=clip.dtype).view(shape)
+    return clip * s + m
