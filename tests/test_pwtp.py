@@ -220,3 +220,8 @@ def test_upsample_equals_interpolate(src, dst):
     z = torch.randn(2, 3, *src, dtype=torch.float64)
     ref = F.interpolate(z, size=dst, mode="bilinear", align_corners=False)
     torch.testing.assert_close(upsample_bilinear(z, dst), ref)
+
+
+def test_relation_descriptor_gradient():
+    feat = torch.randn(1, 3, 5, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(relation_descriptor, (feat,))

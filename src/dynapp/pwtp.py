@@ -342,17 +342,43 @@ def dynamic_appearance(
 # The hyperplane generator (Eq. 2-4).
 
 
+class _PairwiseSimilarity(torch.autograd.Function):
+    """u[n, k, h, w] = <feat[n, :, t1_k, h, w], feat[n, :, t2_k, h, w]> for the pairs t1 < t2.
+
+    Row t1 of the upper triangle is one broadcast product summed over C'.  The backward
+    accumulates into one gradient buffer; autograd through the slices would allocate and
+    zero-fill a full-size gradient for every one of the 2 (T - 1) slices.
+    """
+
+    @staticmethod
+    def forward(ctx, feat: torch.Tensor) -> torch.Tensor:
+        # feat: (N, C', T, h, w) -> (N, T(T-1)/2, h, w)
+        ctx.save_for_backward(feat)
+        T = feat.shape[2]
+        return torch.cat([(feat[:, :, t : t + 1] * feat[:, :, t + 1 :]).sum(1) for t in range(T - 1)], 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (feat,) = ctx.saved_tensors
+        T = feat.shape[2]
+        g_feat = torch.zeros_like(feat)
+        k = 0
+        for t in range(T - 1):
+            g = grad[:, k : k + T - 1 - t].unsqueeze(1)  # (N, 1, T-1-t, h, w)
+            # d u[t, s] / d feat[t] = feat[s] and d u[t, s] / d feat[s] = feat[t], for s > t
+            g_feat[:, :, t].add_((g * feat[:, :, t + 1 :]).sum(2))
+            g_feat[:, :, t + 1 :].addcmul_(g, feat[:, :, t : t + 1])
+            k += T - 1 - t
+        return g_feat
+
+
 def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
     """Eq. 3: pairwise frame similarities at every position.
 
     feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2): the Gram matrix of the T feature vectors
     divided by C', upper triangle without the diagonal, row-major (t1 < t2).
     """
-    N, Cf, T, h, w = feat.shape
-    # Row t1 of the upper triangle at once: T-1 products summed over C' (a batched matmul over
-    # the h*w positions would be thousands of tiny GEMMs).
-    rows = [(feat[:, :, t : t + 1] * feat[:, :, t + 1 :]).sum(1) for t in range(T - 1)]
-    u = torch.cat(rows, 1) / Cf  # (N, P, h, w)
+    u = _PairwiseSimilarity.apply(feat) / feat.shape[1]  # (N, P, h, w)
     return u.permute(0, 2, 3, 1)
 
 
