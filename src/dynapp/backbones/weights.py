@@ -1,0 +1,103 @@
+"""Loading pretrained weights into backbones: reading checkpoint files and adapting first layers.
+
+A representation other than RGB changes the number of input channels of the backbone's first
+layer (RGB difference, stacked optical flow, ...).  Pretrained RGB kernels are then adapted by
+the usual cross-modality initialisation of TSN (Wang et al. 2016, Section 3.2): average the
+kernel over its RGB channels and repeat that mean for every new input channel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["inflate_input_kernel", "read_state_dict", "load_backbone_weights"]
+
+# Containers that training frameworks wrap a model's weights in (PySlowFast and PyTorchVideo
+# use "model_state"; many trainers use "state_dict" or "model").
+_WRAPPER_KEYS = ("model_state", "state_dict", "model")
+
+
+def inflate_input_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a first-layer kernel ``(O, C, *k)`` to ``in_channels`` input channels (TSN).
+
+    The kernel is averaged over its C input channels and the mean is repeated ``in_channels``
+    times, as TSN does for RGB-difference and optical-flow networks.  A kernel that already
+    has ``in_channels`` channels is returned unchanged (a copy).
+    """
+    if weight.dim() < 3:
+        raise ValueError(f"expected a convolution kernel (O, C, *k), got shape {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}")
+    if weight.shape[1] == in_channels:
+        return weight.clone()
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.expand(weight.shape[0], in_channels, *weight.shape[2:]).contiguous()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local checkpoint file with ``torch.load(weights_only=True)``
+    (or from a ``.safetensors`` file).
+
+    Unwraps the usual containers (``model_state``, ``state_dict``, ``model``) and strips a
+    ``module.`` prefix left by DataParallel/DistributedDataParallel.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    if str(path).endswith(".safetensors"):  # e.g. timm weights from the Hugging Face hub
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        out[key[len("module."):] if key.startswith("module.") else key] = value
+    return out
+
+
+def load_backbone_weights(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    first_conv: str,
+    ignore: Iterable[str] = (),
+) -> None:
+    """Load ``state_dict`` into ``module``, adapting the first layer's input channels.
+
+    ``first_conv`` names the first layer's weight key; its kernel is inflated with
+    :func:`inflate_input_kernel` when the channel counts differ.  Keys starting with a
+    prefix in ``ignore`` (e.g. a classifier) are dropped.  Any other missing or unexpected key,
+    or a shape mismatch, raises a ValueError naming the keys.
+    """
+    ignore = tuple(ignore)
+    own = module.state_dict()
+    sd = {k: v for k, v in state_dict.items() if not k.startswith(ignore)} if ignore else dict(state_dict)
+    if first_conv in sd and first_conv in own and sd[first_conv].shape != own[first_conv].shape:
+        sd[first_conv] = inflate_input_kernel(sd[first_conv], own[first_conv].shape[1])
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained weights do not match {type(module).__name__}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    bad = [k for k in sd if sd[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(
+            "pretrained weights have the wrong shape for "
+            + ", ".join(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
+        )
+    module.load_state_dict(sd, strict=True)
