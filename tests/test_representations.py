@@ -29,7 +29,7 @@ def _clip(N=2, C=3, S=2, T=4, H=16, W=16, seed=0):
 
 
 def test_registry_names():
-    assert set(REPRESENTATIONS) == {"rgb", "rgb_diff", "dynamic_image", "flow_tvl1", "flow_farneback", "pwtp"}
+    assert set(REPRESENTATIONS) == {"rgb", "rgb_diff", "dynamic_image", "flow_tvl1", "flow_farneback", "flow_tvnet", "pwtp"}
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_rgb_one_channel():
     assert rep(clip).frames.shape == (2, 1, 2, 16, 16)
 
 
-@pytest.mark.parametrize("name", NO_FLOW + ["flow_tvl1", "flow_farneback"])
+@pytest.mark.parametrize("name", NO_FLOW + ["flow_tvl1", "flow_farneback", "flow_tvnet"])
 def test_wrong_frame_count_raises(name):
     rep = build_representation(name, segments=2, frames=4)
     with pytest.raises(ValueError, match=r"S\*T=2\*4=8"):

@@ -15,6 +15,7 @@ name               C_out                 S_out     what
 ``dynamic_image``  C                     S         approximate rank pooling (Bilen et al.)
 ``flow_tvl1``      2*(T-1)               S         OpenCV TV-L1 optical flow, stacked x/y
 ``flow_farneback`` 2*(T-1)               S         OpenCV Farneback optical flow, stacked x/y
+``flow_tvnet``     2*(T-1)               S         TVNet (learnable unrolled TV-L1), stacked x/y
 ``pwtp``           C                     S         Dynamic Appearance (Huang and Bors), + ENoPR
 =================  ====================  ========  =============================================
 
@@ -48,6 +49,7 @@ __all__ = [
     "RGBDifference",
     "DynamicImage",
     "OpticalFlow",
+    "TVNetFlow",
     "DynamicAppearance",
 ]
 
@@ -266,6 +268,40 @@ class OpticalFlow(_Representation):
         return super().extra_repr() + f", method={self.method!r}, bound={self.bound}"
 
 
+class TVNetFlow(_Representation):
+    """TVNet flow (learnable unrolled TV-L1, Fan et al. CVPR 2018) within each segment: (N, 2*(T-1), S, H, W).
+
+    The same layout and scaling as :class:`OpticalFlow` (x/y per consecutive pair, clipped to
+    +-``bound`` px, divided by ``bound``) but differentiable end to end; the module is
+    ``.tvnet`` (trainable stencils and tau, lambda, theta).  ``kwargs`` go to
+    :class:`dynapp.tvnet.TVNet` (scales, warps, iterations, ...).
+    """
+
+    def __init__(self, segments: int, frames: int, in_channels: int = 3, bound: float = 20.0, **kwargs):
+        from dynapp.tvnet import TVNet
+
+        if frames < 2:
+            raise ValueError(f"flow needs at least 2 frames per segment, got frames={frames}")
+        if in_channels != 3:
+            raise ValueError(f"flow is computed from RGB clips (in_channels=3), got in_channels={in_channels}")
+        super().__init__(segments, frames, in_channels, 2 * (frames - 1), segments)
+        self.bound = bound
+        self.tvnet = TVNet(**kwargs)
+
+    def forward(self, clip: torch.Tensor) -> RepresentationOutput:
+        from dynapp.tvnet import normalised_to_gray255
+
+        x = self._split(clip)  # (N, C, S, T, H, W)
+        N, C, S, T, H, W = x.shape
+        gray = normalised_to_gray255(clip).reshape(N * S, T, H, W)
+        i0 = gray[:, :-1].reshape(-1, 1, H, W)  # (N*S*(T-1), 1, H, W)
+        i1 = gray[:, 1:].reshape(-1, 1, H, W)
+        u1, u2 = self.tvnet(i0, i1)
+        flow = torch.cat([u1, u2], 1).clamp(-self.bound, self.bound) / self.bound  # (N*S*(T-1), 2, H, W)
+        flow = flow.reshape(N, S, 2 * (T - 1), H, W).transpose(1, 2)  # (N, 2*(T-1), S, H, W)
+        return RepresentationOutput(flow.to(clip.dtype))
+
+
 # ----------------------------------------------------------------------------------------------
 # Builders.
 
@@ -290,6 +326,10 @@ def _flow_farneback(*, segments, frames, in_channels=3, all_frames=False, **kwar
     return OpticalFlow(segments, frames, in_channels, method="farneback", **kwargs)
 
 
+def _flow_tvnet(*, segments, frames, in_channels=3, all_frames=False, **kwargs):
+    return TVNetFlow(segments, frames, in_channels, **kwargs)
+
+
 def _pwtp(*, segments, frames, in_channels=3, all_frames=False, **kwargs):
     return DynamicAppearance(segments, frames, in_channels, **kwargs)
 
@@ -300,6 +340,7 @@ REPRESENTATIONS: dict[str, Callable[..., nn.Module]] = {
     "dynamic_image": _dynamic_image,
     "flow_tvl1": _flow_tvl1,
     "flow_farneback": _flow_farneback,
+    "flow_tvnet": _flow_tvnet,
     "pwtp": _pwtp,
 }
 
