@@ -8,13 +8,14 @@ normalised with the ImageNet mean/std into the (1, 3, S*T, H, W) clip every repr
 receives.  Each representation is built with ``build_representation`` and timed as a forward
 under ``torch.no_grad`` (eval mode), which for the flows includes un-normalising to uint8
 grayscale and OpenCV's flow for the T-1 consecutive pairs.  DA is the ``pwtp``
-representation with PWTP's defaults (D=1, k=9, s=8, C'=24).
+representation with PWTP's defaults (D=1, k=9, s=8, C'=24); TVNet is ``flow_tvnet`` with its
+defaults (TVNet-50: 1 scale, 1 warp, 50 iterations), in torch like DA.
 
 Representations are timed round-robin (one call of each per round, so slow drift of the
-shared machine hits all alike); the figure is the median over rounds.  TV-L1 takes seconds per
-clip, so it runs only in the first ``--tvl1-repeats`` rounds.
+shared machine hits all alike); the figure is the median over rounds.  TV-L1 and TVNet take
+up to seconds per clip, so they run only in the first ``--slow-repeats`` rounds.
 
-    python benchmarks/bench_representations.py [--repeats 20] [--tvl1-repeats 3] [--threads 1] [--video PATH]
+    python benchmarks/bench_representations.py [--repeats 20] [--slow-repeats 3] [--threads 1] [--video PATH]
 
 Prints a table (ms per clip, and each representation's time divided by DA's), then, last,
 one JSON line with ``ms_per_clip`` (name -> ms), ``speedup_vs_tvl1`` and
@@ -36,7 +37,8 @@ import torch
 from dynapp.flow import IMAGENET_MEAN, IMAGENET_STD
 from dynapp.representations import build_representation
 
-NAMES = ["rgb", "rgb_diff", "dynamic_image", "pwtp", "flow_farneback", "flow_tvl1"]
+NAMES = ["rgb", "rgb_diff", "dynamic_image", "pwtp", "flow_farneback", "flow_tvl1", "flow_tvnet"]
+SLOW = {"flow_tvl1", "flow_tvnet"}  # seconds per clip: timed in the first --slow-repeats rounds only
 
 
 def synthetic_video(frames: int, size: int, seed: int = 0) -> np.ndarray:
@@ -85,7 +87,7 @@ def to_clip(video: np.ndarray) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--tvl1-repeats", type=int, default=3)
+    ap.add_argument("--slow-repeats", type=int, default=3, help="rounds for TV-L1 and TVNet")
     ap.add_argument("--segments", type=int, default=1)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
@@ -114,7 +116,7 @@ def main() -> None:
             reps[n](clip)
         for r in range(args.repeats):
             for n in NAMES:
-                if n == "flow_tvl1" and r >= args.tvl1_repeats:
+                if n in SLOW and r >= args.slow_repeats:
                     continue
                 t0 = time.perf_counter()
                 reps[n](clip)
@@ -134,6 +136,7 @@ def main() -> None:
         "ms_per_clip": {n: round(v, 4) for n, v in ms.items()},
         "speedup_vs_tvl1": round(ms["flow_tvl1"] / da, 1),
         "speedup_vs_farneback": round(ms["flow_farneback"] / da, 2),
+        "speedup_vs_tvnet": round(ms["flow_tvnet"] / da, 1),
         "segments": S,
         "frames": T,
         "size": args.size,
