@@ -123,6 +123,10 @@ def test_flow_rejects_bad_input():
         build_representation("flow_tvl1", segments=1, frames=4, in_channels=2)
     with pytest.raises(ValueError, match="unknown flow method"):
         video_flow(np.zeros((2, 8, 8), np.uint8), "lucas")
+    with pytest.raises(ValueError, match="unknown farneback option"):
+        build_representation("flow_farneback", segments=1, frames=4, lambda_=0.1)
+    with pytest.raises(ValueError, match="unknown tvl1 option"):
+        build_representation("flow_tvl1", segments=1, frames=4, winsize=9)
     with pytest.raises(ValueError, match="uint8 grayscale"):
         flow_farneback(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
 

@@ -40,6 +40,7 @@ __all__ = [
     "flow_tvl1",
     "flow_farneback",
     "video_flow",
+    "check_flow_options",
     "flow_to_input",
     "clip_flow",
     "quantise_flow",
@@ -121,12 +122,25 @@ def flow_farneback(prev: np.ndarray, nxt: np.ndarray, **kwargs) -> np.ndarray:
 
 
 FLOW_METHODS = {"tvl1": flow_tvl1, "farneback": flow_farneback}
+_TVL1_KWARGS = {
+    "tau", "lambda_", "theta", "nscales", "warps", "epsilon", "innnerIterations", "outerIterations",
+    "scaleStep", "gamma", "medianFiltering",
+}
+
+
+def check_flow_options(method: str, **kwargs) -> None:
+    """Raise ValueError for an unknown method or option name (before any flow is computed)."""
+    if method not in FLOW_METHODS:
+        raise ValueError(f"unknown flow method {method!r}; choose from {', '.join(FLOW_METHODS)}")
+    known = _TVL1_KWARGS if method == "tvl1" else set(_FARNEBACK)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown {method} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def video_flow(frames: np.ndarray, method: str = "tvl1", **kwargs) -> np.ndarray:
     """Flow between consecutive frames: uint8 (F, H, W) grayscale -> float32 (F-1, 2, H, W) pixels."""
-    if method not in FLOW_METHODS:
-        raise ValueError(f"unknown flow method {method!r}; choose from {', '.join(FLOW_METHODS)}")
+    check_flow_options(method, **kwargs)
     if frames.ndim != 3 or frames.shape[0] < 2:
         raise ValueError(f"expected grayscale frames of shape (F >= 2, H, W); got {frames.shape}")
     if method == "tvl1":

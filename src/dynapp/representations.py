@@ -253,6 +253,9 @@ class OpticalFlow(_Representation):
             raise ValueError(f"flow needs at least 2 frames per segment, got frames={frames}")
         if in_channels != 3:
             raise ValueError(f"flow is computed from RGB clips (in_channels=3), got in_channels={in_channels}")
+        from dynapp.flow import check_flow_options
+
+        check_flow_options(method, **kwargs)
         super().__init__(segments, frames, in_channels, 2 * (frames - 1), segments)
         self.method, self.bound, self.flow_kwargs = method, bound, kwargs
 
