@@ -95,6 +95,47 @@ def extract(
     typer.echo(f"wrote {len(paths)} images to {out}")
 
 
+@app.command()
+def train(
+    config: str = typer.Option(None, "--config", help="YAML run config (configs/*.yaml); defaults if omitted"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=0.1 joint.strategy=constant"),
+    resume: bool = typer.Option(False, "--resume", help="continue from <log.out_dir>/checkpoints/last.pt"),
+) -> None:
+    """Train a model (one process, or many under torchrun) and evaluate it; see configs/."""
+    from dynapp.checkpoint import CheckpointError
+    from dynapp.config import load_config
+    from dynapp.train import NonFiniteLossError, run_from_config
+
+    try:
+        run_from_config(load_config(config, overrides or []), resume=resume)
+    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint written by dynapp train"),
+    views: str = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 2x3 (default: the run's eval config)"),
+    splits: str = typer.Option(None, "--splits", help="comma-separated splits to average, e.g. 1,2,3 (UCF101/HMDB51)"),
+    out: str = typer.Option(None, "--out", help="JSON file for the results"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides of the saved config, e.g. data.root=/data"),
+) -> None:
+    """Top-1/top-5/mean class accuracy of a checkpoint, clip level and video level, as JSON."""
+    import json
+
+    from dynapp.checkpoint import CheckpointError
+    from dynapp.train import eval_from_checkpoint
+
+    try:
+        result = eval_from_checkpoint(checkpoint, views=views, splits=splits, out=out, overrides=overrides or [])
+    except (ValueError, OSError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    if result:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

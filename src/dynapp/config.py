@@ -29,6 +29,7 @@ __all__ = [
     "EvalConfig",
     "LogConfig",
     "CheckpointConfig",
+    "DebugConfig",
     "RunConfig",
     "load_config",
     "config_from_dict",
@@ -121,6 +122,12 @@ class CheckpointConfig:
 
 
 @dataclass
+class DebugConfig:
+    nan_at_step: int = -1  # make the recognition loss NaN at this optimiser step (tests the stop)
+    sleep_per_step: float = 0.0  # seconds to sleep after every step (tests killing a run)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -133,6 +140,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -325,6 +333,7 @@ def validate(cfg: RunConfig) -> None:
     _check(e.clips >= 1 and e.crops >= 1, f"eval.clips and eval.crops: must be >= 1, got {e.clips}, {e.crops}")
     _check(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
     _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
+    _check(cfg.debug.sleep_per_step >= 0, f"debug.sleep_per_step: must be >= 0, got {cfg.debug.sleep_per_step}")
     _check(cfg.checkpoint.every_steps >= 0, f"checkpoint.every_steps: must be >= 0, got {cfg.checkpoint.every_steps}")
 
 

@@ -1,0 +1,176 @@
+"""The training loop: schedule, parameter groups, frozen BN, end-to-end runs, NaN stop, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dynapp.checkpoint import load_checkpoint
+from dynapp.config import load_config
+from dynapp.train import NonFiniteLossError, build_param_groups, freeze_batchnorm, lr_at, run_from_config, set_train_mode
+
+# A tiny DA model on generated clips: PWTP (2 segments x 4 frames, 32 px) + a small 2D backbone.
+TINY = [
+    "data.dataset=random", "data.segments=2", "data.frames=4", "data.crop_size=32", "data.num_samples=8",
+    "data.num_workers=0", "model.backbone=small2d", "model.backbone_kwargs.widths=[8,16,16,16]",
+    "optim.batch_size=2", "optim.lr=0.05", "log.tensorboard=false", "log.progress=false", "eval.every_epochs=0",
+]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    kw = dict(total_steps=100, warmup_steps=10, base_lr=1.0, min_lr=0.0, warmup_start_factor=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(5, **kw) == pytest.approx(0.55)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(55, **kw) == pytest.approx(0.5)
+    assert lr_at(100, **kw) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_at(s, **kw) for s in range(10, 101)]
+    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert lr_at(0, total_steps=10, warmup_steps=0, base_lr=0.3) == pytest.approx(0.3)
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.representation = nn.Linear(3, 3)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.head = nn.Linear(4, 2)
+
+
+def test_param_groups_multipliers_and_no_decay_on_biases():
+    groups = build_param_groups(_Toy(), weight_decay=1e-3, classifier_lr_mult=5, classifier_wd_mult=5,
+                                representation_lr_mult=2, representation_wd_mult=1)
+    by = {g["name"]: g for g in groups}
+    assert by["head"]["lr_mult"] == 5 and by["head"]["weight_decay"] == pytest.approx(5e-3)
+    assert by["head_no_decay"]["weight_decay"] == 0.0 and by["head_no_decay"]["lr_mult"] == 5
+    assert by["representation"]["lr_mult"] == 2 and by["representation"]["weight_decay"] == pytest.approx(1e-3)
+    assert by["backbone"]["lr_mult"] == 1 and by["backbone"]["weight_decay"] == pytest.approx(1e-3)
+    assert all(p.ndim == 1 for p in by["backbone_no_decay"]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(_Toy().parameters()))
+
+
+def test_freeze_batchnorm_keeps_the_first():
+    model = _Toy()
+    frozen = freeze_batchnorm(model.backbone)
+    first, second = model.backbone[1], model.backbone[3]
+    assert frozen == [second]
+    set_train_mode(model, frozen_bn=frozen, freeze_representation=False)
+    assert first.training and not second.training
+    assert first.weight.requires_grad and not second.weight.requires_grad
+    running = second.running_mean.clone()
+    model.backbone(torch.randn(2, 3, 5, 5))
+    assert torch.equal(second.running_mean, running)
+
+
+def test_end_to_end_mgda_logs_and_checkpoint(tmp_path):
+    cfg = load_config(None, TINY + ["optim.epochs=2", f"log.out_dir={tmp_path}", "eval.clips=2", "eval.every_epochs=1"])
+    result = run_from_config(cfg)
+    rows = _read_csv(tmp_path / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    for r in rows:  # alpha, ENoPR and the recognition loss on every step
+        assert 0.0 <= float(r["alpha"]) <= 1.0
+        assert float(r["enopr"]) > 0 and math.isfinite(float(r["rec_loss"]))
+    # the schedule: cosine from 0.05 down, per step
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.05) and all(b < a for a, b in zip(lrs, lrs[1:]))
+    assert result["video"]["count"] == 2 and result["clip"]["count"] == 4
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ck["step"] == 8 and ck["epoch"] == 2 and ck["config"]["joint"]["strategy"] == "mgda"
+    assert (tmp_path / "eval.json").is_file()
+
+
+def test_separate_strategy_phases(tmp_path):
+    cfg = load_config(None, TINY + ["optim.epochs=2", "joint.strategy=separate", "joint.separate_epochs=1",
+                                    "checkpoint.keep_every_epoch=true", f"log.out_dir={tmp_path}"])
+    torch.manual_seed(cfg.seed)
+    run_from_config(cfg)
+    e1 = load_checkpoint(tmp_path / "checkpoints" / "epoch_001.pt")["model"]
+    e2 = load_checkpoint(tmp_path / "checkpoints" / "epoch_002.pt")["model"]
+    pw = [k for k in e1 if k.startswith("representation.") and e1[k].is_floating_point()]
+    bb = [k for k in e1 if k.startswith(("backbone.", "head.")) and e1[k].is_floating_point()]
+    assert pw and bb
+    # phase 2: PWTP frozen (parameters and BatchNorm statistics), the recogniser moves
+    assert all(torch.equal(e1[k], e2[k]) for k in pw)
+    assert any(not torch.equal(e1[k], e2[k]) for k in bb)
+    rows = _read_csv(tmp_path / "train_log.csv")
+    assert {float(r["alpha"]) for r in rows[:4]} == {1.0} and {float(r["alpha"]) for r in rows[4:]} == {0.0}
+
+
+def test_nan_loss_stops_cleanly(tmp_path):
+    cfg = load_config(None, TINY + ["optim.epochs=2", "checkpoint.every_steps=2", "debug.nan_at_step=3",
+                                    f"log.out_dir={tmp_path}"])
+    last = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(NonFiniteLossError, match=rf"step 3 .*last good checkpoint: {last}"):
+        run_from_config(cfg)
+    ck = load_checkpoint(last)
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_nan_loss_cli_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from dynapp.cli import app
+
+    res = CliRunner().invoke(app, ["train", *TINY, "optim.epochs=1", "debug.nan_at_step=0", f"log.out_dir={tmp_path}"])
+    assert res.exit_code == 1
+    assert "non-finite loss at step 0" in res.output and "none written yet" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def _final_params(out_dir: Path) -> dict:
+    return load_checkpoint(out_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    common = TINY + ["optim.epochs=2", "checkpoint.every_steps=2", "deterministic=true", "model.dropout=0.3",
+                     "optim.warmup_epochs=1"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run_from_config(load_config(None, common + [f"log.out_dir={ref_dir}"]))
+
+    cmd = [sys.executable, "-m", "dynapp.cli", "train", *common, f"log.out_dir={run_dir}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd + ["debug.sleep_per_step=0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    log = run_dir / "train_log.csv"
+    deadline = time.time() + 90
+    while time.time() < deadline:  # kill after step 3: a checkpoint exists at step 2, the next would be 4
+        if log.exists() and len(_read_csv(log)) >= 3:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert 2 <= ck["step"] < 8
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ref, got = _final_params(ref_dir), _final_params(run_dir)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 8
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    cfg = load_config(None, TINY + [f"log.out_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_from_config(cfg, resume=True)
