@@ -27,6 +27,9 @@ everything -- measured 8x to 17x the floor):
 * The Gram features of Eq. 3 and the normal equations for D > 1 as short loops of elementwise
   products: einsum turned them into batched matmuls of thousands of 8 x 24 matrices.
 * torch.compile (``--compile``) is reported as a separate row: see the table for what it buys here.
+
+The ``naive`` row (:class:`NaivePWTP`, same weights) is the straightforward version, timed in
+the same process, so the table shows what the optimisations bought together.
 """
 
 from __future__ import annotations
@@ -39,6 +42,45 @@ import time
 import torch
 
 from dynapp import PWTP
+from dynapp.pwtp import PWTPOutput
+
+
+class NaivePWTP(torch.nn.Module):
+    """The straightforward eager reading of Eq. 1-7, sharing the weights of a :class:`PWTP`.
+
+    Conv2d on a (N*T, C, H, W) copy, Gram by einsum, F.interpolate, A^T A and A^T x by einsum,
+    torch.linalg.solve, the full residual materialised, autograd through everything.  It is the
+    baseline row of the table (what the optimisations are measured against).
+    """
+
+    def __init__(self, pwtp: PWTP):
+        super().__init__()
+        self.p = pwtp
+
+    def forward(self, x):
+        p = self.p
+        N, C, T, H, W = x.shape
+        D = p.rank
+        frames = x.transpose(1, 2).reshape(N * T, C, H, W)
+        w = p.conv.weight.squeeze(2)
+        feat = torch.nn.functional.conv2d(frames, w, p.conv.bias, stride=p.conv.stride[1:],
+                                          padding=p.conv.padding[1:])
+        h, w_ = feat.shape[-2:]
+        feat = feat.view(N, T, -1, h, w_)
+        gram = torch.einsum("ntchw,nschw->nhwts", feat, feat) / feat.shape[2]
+        i, j = torch.triu_indices(T, T, 1)
+        u = gram[..., i, j].reshape(-1, i.numel())
+        z = p.head(p.blocks(torch.nn.functional.gelu(p.expand(u))))
+        z = z.view(N, h, w_, T * D).permute(0, 3, 1, 2)
+        A = torch.nn.functional.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)
+        A = A.view(N, T, D, H, W)
+        AtA = torch.einsum("ntdhw,ntehw->nhwde", A, A)
+        Atx = torch.einsum("ntdhw,ncthw->nhwdc", A, x)
+        eye = torch.eye(D, dtype=x.dtype) * 1e-6
+        y = torch.linalg.solve(AtA + eye, Atx)  # (N, H, W, D, C)
+        x_hat = torch.einsum("ntdhw,nhwdc->ncthw", A, y)
+        res = x - x_hat
+        return PWTPOutput(res.mean(2), res.square().sum(2).mean(dim=(1, 2, 3)))
 
 
 def _time_once(fn) -> float:
@@ -78,7 +120,10 @@ def main() -> None:
 
     for rank in (1, 3):
         pwtp = PWTP(frames=args.frames, rank=rank).train()
-        variants = [("eager", pwtp)]
+        variants = [("naive", NaivePWTP(pwtp)), ("eager", pwtp)]
+        with torch.no_grad():  # the fast path computes the same thing as the naive one
+            fast, naive = pwtp(x[:2]), NaivePWTP(pwtp)(x[:2])
+            result[f"D{rank}_max_abs_diff_vs_naive"] = float((fast.dynamic - naive.dynamic).abs().max())
         if args.compile:
             variants.append(("compiled", torch.compile(pwtp)))
 
