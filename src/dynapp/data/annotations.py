@@ -5,8 +5,9 @@ missing on disk stays in the list (the Dataset skips and reports it; ``dynapp ch
 lists it).  Labels are 0-based class indices into ``Annotations.classes``.
 
 Supported layouts (``root`` is the ``--root`` directory; annotation files may sit in ``root``
-or in the sub-folder named, and a video may also be a frame folder with the same name minus
-the extension):
+or in the sub-folder named; when the named video folder does not exist, videos are looked up
+directly under ``root``; and a video may also be a frame folder with the same name minus the
+extension):
 
 * ``ucf101``: ``classInd.txt``, ``trainlist0N.txt``, ``testlist0N.txt`` (N = 1..3) in
   ``root/ucfTrainTestlist/``; videos ``root/UCF-101/<Class>/v_<Class>_gXX_cYY.avi``.

@@ -1,0 +1,147 @@
+"""Decoding: codecs, containers, frame order, seeking vs counting, sizes, gray/alpha, bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynapp.data.decode import VideoDecodeError, count_frames, list_frame_files, open_video, read_frames
+from dynapp.data.encode import ramp_frames, write_video
+
+
+def _decoded_index(clip: torch.Tensor) -> np.ndarray:
+    """Frame indices of a clip of ramp_frames(step=8, base=16), read off the mean level."""
+    means = clip.float().mean(dim=(0, 2, 3)).numpy()
+    return np.round((means - 16) / 8).astype(int)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    frames = ramp_frames(20, 24, 32)
+    return {
+        "h264_mp4": write_video(d / "a.mp4", frames),
+        "mpeg4_avi": write_video(d / "b.avi", frames, codec="mpeg4"),
+        "hevc_mkv": write_video(d / "c.mkv", frames, codec="libx265"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["h264_mp4", "mpeg4_avi", "hevc_mkv"])
+def test_codecs_give_the_requested_frames_in_order(videos, kind):
+    assert count_frames(videos[kind]) == 20  # MKV has no count in its header: packets are counted
+    idx = [19, 0, 7, 7, 3, 12]
+    clip = read_frames(videos[kind], idx)
+    assert clip.dtype == torch.uint8 and clip.shape == (3, 6, 24, 32)
+    assert _decoded_index(clip).tolist() == idx
+
+
+def test_seeking_matches_decoding_from_the_start(tmp_path):
+    # Long GOPs and B-frames (x264 defaults) plus a keyframe every 10 frames to force real seeks.
+    path = write_video(tmp_path / "long.mp4", ramp_frames(120, 16, 16, step=2), options={"g": "10"})
+    rng = np.random.default_rng(0)
+    with open_video(path) as video:
+        video.SEEK_GAP = 4  # seek often
+        for _ in range(6):
+            idx = np.sort(rng.choice(120, size=8, replace=False))
+            via_seek = video.read(idx)
+            wanted = np.unique(idx)
+            ref = video._decode_counting(wanted, lambda f: f.to_ndarray(format="rgb24"))
+            expected = torch.from_numpy(np.stack([ref[int(i)] for i in idx])).permute(3, 0, 1, 2)
+            assert torch.equal(via_seek, expected)
+            # and the content says which frame it is (levels 16 + 2 t)
+            means = via_seek.float().mean(dim=(0, 2, 3)).numpy()
+            assert np.abs(means - (16 + 2 * idx)).max() < 2.5
+
+
+@pytest.mark.parametrize("size", [(48, 20), (13, 27), (7, 5)])  # portrait, odd, tiny (H, W)
+def test_any_size_and_aspect_becomes_rgb_of_the_short_side(tmp_path, size):
+    h, w = size
+    path = write_video(tmp_path / "v.mkv", ramp_frames(6, h, w), codec="ffv1")  # odd sizes need 4:4:4/ffv1
+    clip = read_frames(path, [0, 5])
+    assert clip.shape == (3, 2, h, w)
+    small = read_frames(path, [0, 5], short_side=10)
+    assert min(small.shape[-2:]) == 10
+    assert abs(small.shape[-1] / small.shape[-2] - w / h) < 0.25
+
+
+def test_grayscale_video_and_alpha_png_video_come_out_rgb(tmp_path):
+    gray = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, None, :], (5, 12, 1))  # (T, H, W)
+    g = write_video(tmp_path / "gray.mkv", gray, codec="ffv1", pix_fmt="gray")
+    clip = read_frames(g, [0, 4])
+    assert clip.shape == (3, 2, 12, 16)
+    assert torch.equal(clip[0], clip[1]) and torch.equal(clip[1], clip[2])
+    assert clip[0, 0, 0].tolist() == gray[0, 0].tolist()
+    a = write_video(tmp_path / "alpha.mov", ramp_frames(4, 10, 10), codec="png", pix_fmt="rgba")
+    assert read_frames(a, [1]).shape == (3, 1, 10, 10)
+
+
+def test_frame_folder_natural_order_gray_and_alpha(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(12):  # img_1 ... img_12: lexical order would put img_10 before img_2
+        level = 16 + 8 * t
+        if t % 3 == 0:
+            img = Image.new("L", (10, 8), level)
+        elif t % 3 == 1:
+            img = Image.new("RGBA", (10, 8), (level, level, level, 128))
+        else:
+            img = Image.new("RGB", (10, 8), (level,) * 3)
+        img.save(folder / f"img_{t + 1}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    assert [p.name for p in list_frame_files(folder)][:3] == ["img_1.png", "img_2.png", "img_3.png"]
+    assert count_frames(folder) == 12
+    clip = read_frames(folder, [11, 0, 9, 1, 2])
+    assert clip.shape == (3, 5, 8, 10)
+    assert _decoded_index(clip).tolist() == [11, 0, 9, 1, 2]
+    assert read_frames(folder, [11], short_side=4).shape == (3, 1, 4, 5)
+
+
+def test_bad_sources_raise_an_error_naming_them(tmp_path, videos):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"this is not a video " * 200)
+    cut = tmp_path / "cut.mp4"  # MP4 whose index (moov) is lost
+    cut.write_bytes(videos["h264_mp4"].read_bytes()[:300])
+    no_frames = tmp_path / "no_frames"
+    no_frames.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "00001.jpg").write_bytes(b"\xff\xd8 broken jpeg")
+    cases = {
+        tmp_path / "missing.mp4": "missing",
+        empty: "empty",
+        junk: "not a readable video",
+        cut: "not a readable video",
+        no_frames: "no JPEG/PNG",
+        broken: "unreadable frame image",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(VideoDecodeError) as info:
+            read_frames(path, [0])
+        assert path.name in str(info.value) and reason in info.value.reason
+
+
+def test_truncated_avi_is_reported_when_frames_past_the_cut_are_wanted(tmp_path):
+    path = write_video(tmp_path / "long.avi", ramp_frames(200, 16, 16, step=1), codec="mpeg4")
+    data = path.read_bytes()
+    movi = data.index(b"movi")  # keep the header, cut the frame data at a third
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: movi + (len(data) - movi) // 3])  # the header still announces 200 frames
+    assert count_frames(cut) == 200
+    assert count_frames(cut, exact=True) < 150
+    read_frames(cut, [0, 10])  # frames before the cut are fine
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        read_frames(cut, [0, 199])
+
+
+def test_unknown_backend_and_missing_torchcodec_are_clear_errors(videos):
+    with pytest.raises(ValueError, match="unknown decoding backend"):
+        read_frames(videos["h264_mp4"], [0], backend="decord")
+    try:
+        import torchcodec  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="not installed"):
+            read_frames(videos["h264_mp4"], [0], backend="torchcodec")
