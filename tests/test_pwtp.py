@@ -225,3 +225,20 @@ def test_upsample_equals_interpolate(src, dst):
 def test_relation_descriptor_gradient():
     feat = torch.randn(1, 3, 5, 2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(relation_descriptor, (feat,))
+
+
+@pytest.mark.parametrize("D", [1, 2, 3])
+def test_temporal_weights_reproduce_da(D):
+    from dynapp.pwtp import temporal_weights
+
+    x, A = random_pair(D=D, seed=20 + D)
+    w = temporal_weights(A)  # (N, T, H, W)
+    da = (w.unsqueeze(1) * x).sum(2)
+    torch.testing.assert_close(da, dynamic_appearance(x, A)[0])
+    assert (w.sum(1) >= -1e-12).all()  # the weights sum to >= 0 (NOTES.md)
+    if D == 1:
+        a = A[:, :, 0]
+        expected = 1 / a.shape[1] - a.mean(1, keepdim=True) * a / a.square().sum(1, keepdim=True)
+        torch.testing.assert_close(w, expected)
+    const = torch.ones_like(A[:, :, :1])
+    assert temporal_weights(const).sum(1).abs().max() < 1e-12  # a constant A leaks nothing

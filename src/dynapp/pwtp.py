@@ -49,6 +49,7 @@ __all__ = [
     "projection_coefficients",
     "dynamic_appearance",
     "temporal_contract",
+    "temporal_weights",
     "relation_descriptor",
     "upsample_bilinear",
 ]
@@ -336,6 +337,25 @@ def dynamic_appearance(
         res_sq = (x_sq.double() - explained.double()).clamp_min(0).to(dt)
         enopr = res_sq / (C * H * W)
     return da, enopr, static
+
+
+def temporal_weights(A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None) -> torch.Tensor:
+    """DA as a per-pixel linear temporal filter: ``DA[c] = sum_t w[t] x[c, t]``.
+
+    A (N, T, D, H, W) -> w (N, T, H, W) with ``w_t = 1/T - a_t^T (A^T A)^-1 mean_t(A)`` (for
+    D = 1, ``1/T - mean(a) a_t / (a.a)``).  The weights sum to ``1 - T mean(a)^T (A^T A)^-1 mean(a)``
+    (>= 0), which is 0 exactly when the constant vector lies in the column space of A: then a
+    static pixel contributes nothing to DA.  ``w.sum(1)`` is therefore the per-pixel static leakage.
+    """
+    if A.dim() != 5:
+        raise ValueError(f"expected A of shape (N, T, D, H, W); got {tuple(A.shape)}")
+    T = A.shape[1]
+    dt = _working_dtype(A)
+    eps, ridge = _regularisers(dt, eps, ridge)
+    with torch.autocast(A.device.type, enabled=False):
+        A = A.to(dt)
+        v = _solve_normal(_gram(A), A.mean(1).unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+        return 1.0 / T - (A * v).sum(2)  # (N, T, H, W)
 
 
 # ----------------------------------------------------------------------------------------------
