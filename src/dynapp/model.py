@@ -1,0 +1,96 @@
+"""The recognition framework of Dynamic Appearance (Huang and Bors, AAAI 2023, Section 3.3, Fig. 2).
+
+A clip of S segments x T frames goes through a representation (RGB frames, RGB difference,
+dynamic images, optical flow, or DA from PWTP), then one backbone, dropout, a linear classifier
+per segment, and the average of the segment logits (TSN's average consensus).  The
+representation's parameters are the shared parameters Theta1 of the joint training; everything
+else (backbone and classifier) is Theta2.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["ModelOutput", "VideoClassifier", "build_model"]
+
+
+class ModelOutput(NamedTuple):
+    """logits: (N, num_classes); aux_loss: scalar (e.g. the ENoPR batch mean, Eq. 8) or None."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor | None
+
+
+class VideoClassifier(nn.Module):
+    """representation -> backbone -> dropout -> linear head per segment -> mean over segments.
+
+    ``backbone`` returns per-segment features (N, S', F) with ``F = backbone.num_features``
+    (S' = 1 for 3D backbones).  The classifier is initialised like TSM's/X3D's (normal, std
+    0.001, zero bias) (a small start keeps the initial logits near uniform).
+    """
+
+    def __init__(self, representation: nn.Module, backbone: nn.Module, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.representation = representation
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        nn.init.normal_(self.head.weight, std=0.001)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, clip: torch.Tensor) -> ModelOutput:  # clip (N, C, S*T, H, W)
+        rep = self.representation(clip)  # frames (N, C', S_out, H, W)
+        features = self.backbone(rep.frames)  # (N, S', F)
+        logits = self.head(self.dropout(features))  # (N, S', K)
+        return ModelOutput(logits.mean(dim=1), rep.aux_loss)
+
+
+def build_model(
+    *,
+    representation: str,
+    backbone: str,
+    num_classes: int,
+    segments: int,
+    frames: int,
+    in_channels: int = 3,
+    dropout: float = 0.5,
+    pretrained: str | None = None,
+    representation_kwargs: dict | None = None,
+    backbone_kwargs: dict | None = None,
+) -> VideoClassifier:
+    """Build a :class:`VideoClassifier` from a representation name and a backbone name.
+
+    With a 3D backbone (X3D, small3d) the ``rgb`` representation passes all S*T frames.  The
+    backbone's first layer takes the representation's ``out_channels`` and it is built for the
+    representation's ``out_frames``.  ``pretrained`` (a local file, or a name when online) goes
+    to :func:`dynapp.backbones.build_backbone`; its first layer is inflated when the channel
+    counts differ.
+    """
+    from dynapp.backbones import BACKBONES, BACKBONES_3D, build_backbone
+    from dynapp.representations import REPRESENTATIONS, build_representation
+
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    rep = build_representation(
+        representation,
+        segments=segments,
+        frames=frames,
+        in_channels=in_channels,
+        all_frames=backbone in BACKBONES_3D,
+        **(representation_kwargs or {}),
+    )
+    net = build_backbone(
+        backbone,
+        in_channels=rep.out_channels,
+        num_segments=rep.out_frames,
+        pretrained=pretrained,
+        **(backbone_kwargs or {}),
+    )
+    return VideoClassifier(rep, net, num_classes, dropout=dropout)
