@@ -165,3 +165,27 @@ def test_load_flow_errors(tmp_path):
         load_flow(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"\(F, 2, H, W\)"):
         save_flow(tmp_path / "x.npy", np.zeros((2, 4, 4)))
+
+
+def test_precompute_flow_cli(tmp_path):
+    """`dynapp precompute-flow` on a frame folder writes the quantised flow; bad input is one line."""
+    from typer.testing import CliRunner
+
+    from dynapp.cli import app
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    a, b = _shifted_pair(2, 0)
+    for i, f in enumerate((a, b, a), start=1):
+        cv2.imwrite(str(folder / f"img_{i:05d}.png"), np.repeat(f[..., None], 3, -1))
+    runner = CliRunner()
+    res = runner.invoke(app, ["precompute-flow", str(folder), "--out", str(tmp_path / "f.npy"), "--method", "farneback"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 2 flow fields" in res.output
+    flow = load_flow(tmp_path / "f.npy")
+    assert flow.shape == (2, 2, SIZE, SIZE)
+    assert np.median(flow[0, 0]) > 1.5 and np.median(flow[1, 0]) < -1.5
+    res = runner.invoke(app, ["precompute-flow", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "g.npy")])
+    assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["precompute-flow", str(folder), "--out", str(tmp_path / "g.npy"), "--method", "lk"])
+    assert res.exit_code == 1 and "unknown flow method" in res.output

@@ -136,6 +136,26 @@ def eval_command(
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
+@app.command("precompute-flow")
+def precompute_flow_command(
+    video: str = typer.Argument(..., help="a video file or a folder of frames"),
+    out: str = typer.Option(..., "--out", help="a .npy file, or a folder for flow_x_*/flow_y_* PNGs"),
+    method: str = typer.Option("tvl1", help="tvl1 or farneback (OpenCV)"),
+    bound: float = typer.Option(20.0, help="clip to +-bound pixels before quantising to uint8"),
+    size: int = typer.Option(None, help="short side of the frames, in pixels (default: as decoded)"),
+) -> None:
+    """Compute a video's optical flow between consecutive frames and save it quantised to uint8."""
+    from dynapp.data.decode import VideoDecodeError
+    from dynapp.flow import precompute_video_flow
+
+    try:
+        n = precompute_video_flow(video, out, method=method, bound=bound, short_side=size)
+    except (VideoDecodeError, ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {n} flow fields to {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

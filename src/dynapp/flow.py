@@ -48,6 +48,7 @@ __all__ = [
     "save_flow",
     "load_flow",
     "precompute_flow",
+    "precompute_video_flow",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -249,3 +250,23 @@ def precompute_flow(frames: np.ndarray, path: str | Path, method: str = "tvl1", 
     flow = video_flow(frames, method, **kwargs)
     save_flow(path, flow, bound)
     return flow
+
+
+def precompute_video_flow(
+    source: str | Path, path: str | Path, method: str = "tvl1", bound: float = 20.0, short_side: int | None = None, **kwargs
+) -> int:
+    """Decode a whole video (file or frame folder, via :mod:`dynapp.data.decode`), compute its flow
+    between consecutive frames and save it (see :func:`save_flow`).  Returns the number of fields.
+
+    ``short_side`` resizes the frames in the decoder first (flow is usually stored at the
+    training resolution, e.g. 256).
+    """
+    from dynapp.data.decode import open_video
+
+    check_flow_options(method, **kwargs)
+    with open_video(source) as video:
+        if video.num_frames < 2:
+            raise ValueError(f"{source}: flow needs at least 2 frames, the video has {video.num_frames}")
+        frames = video.read(list(range(video.num_frames)), short_side=short_side)  # (3, F, H, W) uint8
+    rgb = np.ascontiguousarray(frames.permute(1, 2, 3, 0).numpy())  # (F, H, W, 3)
+    return len(precompute_flow(rgb, path, method, bound, **kwargs))
