@@ -115,9 +115,9 @@ def train(
 
 @app.command("eval")
 def eval_command(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint written by dynapp train"),
+    checkpoint: list[str] = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train; repeat it for "
+                                         "the 3 split models of UCF101/HMDB51 to get their mean"),
     views: str = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 2x3 (default: the run's eval config)"),
-    splits: str = typer.Option(None, "--splits", help="comma-separated splits to average, e.g. 1,2,3 (UCF101/HMDB51)"),
     out: str = typer.Option(None, "--out", help="JSON file for the results"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides of the saved config, e.g. data.root=/data"),
 ) -> None:
@@ -128,7 +128,7 @@ def eval_command(
     from dynapp.train import eval_from_checkpoint
 
     try:
-        result = eval_from_checkpoint(checkpoint, views=views, splits=splits, out=out, overrides=overrides or [])
+        result = eval_from_checkpoint(list(checkpoint), views=views, out=out, overrides=overrides or [])
     except (ValueError, OSError, CheckpointError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)

@@ -65,6 +65,7 @@ class ModelConfig:
     dropout: float = 0.5
     pretrained: str | None = None
     in_channels: int = 3
+    init_from: str | None = None  # a dynapp checkpoint whose matching weights start the whole model (fine-tuning)
     representation_kwargs: dict = field(default_factory=dict)
     backbone_kwargs: dict = field(default_factory=dict)
 
@@ -105,6 +106,7 @@ class EvalConfig:
     clips: int = 1  # temporal views per video
     crops: int = 1  # spatial views per video
     batch_size: int = 8  # per process
+    crop_size: int = 0  # test crop (paper: 256, 160 for X3D-XS); 0: data.crop_size
 
 
 @dataclass
@@ -331,6 +333,7 @@ def validate(cfg: RunConfig) -> None:
            f"joint.separate_epochs: must be in [0, epochs={o.epochs}), got {j.separate_epochs}")
     _check(e.every_epochs >= 0, f"eval.every_epochs: must be >= 0, got {e.every_epochs}")
     _check(e.clips >= 1 and e.crops >= 1, f"eval.clips and eval.crops: must be >= 1, got {e.clips}, {e.crops}")
+    _check(e.crop_size == 0 or e.crop_size >= 8, f"eval.crop_size: must be 0 or >= 8, got {e.crop_size}")
     _check(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
     _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
     _check(cfg.debug.sleep_per_step >= 0, f"debug.sleep_per_step: must be >= 0, got {cfg.debug.sleep_per_step}")

@@ -68,6 +68,9 @@ __all__ = [
     "train_one_epoch",
     "train",
     "run_from_config",
+    "eval_from_checkpoint",
+    "build_datasets",
+    "init_model_from",
 ]
 
 
@@ -556,22 +559,47 @@ def _num_classes(dataset: Any, configured: int) -> int:
 
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
                    num_classes: int, in_channels: int, num_samples: int, views: tuple[int, int], seed: int,
-                   dataset_kwargs: dict) -> tuple[Dataset, Dataset, int]:
+                   dataset_kwargs: dict, eval_crop_size: int = 0) -> tuple[Dataset, Dataset, int]:
     """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader)."""
+    eval_crop_size = eval_crop_size or crop_size
     if dataset == "random":
         from dynapp.random_clips import RandomClips
 
         n_cls = num_classes or 4
-        common = dict(num_classes=n_cls, segments=segments, frames=frames, crop_size=crop_size, in_channels=in_channels)
-        train_set = RandomClips(num_videos=num_samples, seed=seed, **common)
-        val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1, **common)
+        common = dict(num_classes=n_cls, segments=segments, frames=frames, in_channels=in_channels)
+        train_set = RandomClips(num_videos=num_samples, seed=seed, crop_size=crop_size, **common)
+        val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1,
+                              crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
     from dynapp.data import build_dataset
 
-    common = dict(split=split, segments=segments, frames=frames, sampling=sampling, crop_size=crop_size, **dataset_kwargs)
-    train_set = build_dataset(dataset, root, train=True, **common)
-    val_set = build_dataset(dataset, root, train=False, num_clips=views[0], num_crops=views[1], **common)
+    common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
+    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, **common)
+    val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
+                            num_crops=views[1], **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
+
+
+def init_model_from(model: nn.Module, path: str | Path) -> list[str]:
+    """Start ``model`` from the weights of a dynapp checkpoint (or a plain state-dict file).
+
+    Fine-tuning (e.g. Kinetics -> UCF101): every tensor whose name and shape match is copied,
+    PWTP included; the rest (the classifier when the class count differs) keeps its fresh
+    initialisation.  Returns the names that were not loaded.
+    """
+    ck = load_checkpoint(path)
+    state = ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+    if not usable:
+        raise ValueError(f"no tensor of {path} matches the model (is it a checkpoint of another architecture?)")
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    if get_rank() == 0:
+        print(f"initialised {len(usable)} tensors from {path}; kept fresh: {', '.join(skipped) or 'none'}", flush=True)
+    return skipped
 
 
 def run_from_config(cfg, *, resume: bool = False) -> dict:
@@ -592,11 +620,13 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         train_set, val_set, num_classes = build_datasets(
             dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames, sampling=d.sampling,
             crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels, num_samples=d.num_samples,
-            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs)
+            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size)
         model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                             segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                             pretrained=m.pretrained, representation_kwargs=dict(m.representation_kwargs),
                             backbone_kwargs=dict(m.backbone_kwargs))
+        if m.init_from and not resume:
+            init_model_from(model, m.init_from)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
         return train(
             model=model, train_dataset=train_set, val_dataset=val_set, out_dir=cfg.log.out_dir, epochs=o.epochs,
@@ -625,60 +655,56 @@ def _parse_views(views: str | None) -> list[str]:
     return [f"eval.clips={int(parts[0])}", f"eval.crops={int(parts[1])}"]
 
 
-def _parse_splits(splits: str | None) -> list[int]:
-    if not splits:
-        return []
-    try:
-        out = [int(s) for s in splits.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--splits must be comma-separated integers, e.g. 1,2,3; got {splits!r}") from None
-    if not out or any(s not in (1, 2, 3) for s in out):
-        raise ValueError(f"--splits must be among 1,2,3; got {splits!r}")
-    return out
+def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, out: str | Path | None = None,
+                         overrides: list[str] | None = None) -> dict:
+    """Evaluate training checkpoints, each with the config saved in it (its dataset and split).
 
-
-def eval_from_checkpoint(path: str | Path, *, views: str | None = None, splits: str | None = None,
-                         out: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Evaluate a training checkpoint with the config saved in it (the second reader of a config).
-
-    ``views`` "CLIPSxCROPS" overrides ``eval.clips``/``eval.crops``; ``splits`` "1,2,3" evaluates
-    every split and adds their mean (UCF101/HMDB51 protocol).  Writes JSON to ``out`` (default:
-    ``eval_<checkpoint name>.json`` beside the checkpoint) on process 0; returns the result.
+    ``views`` "CLIPSxCROPS" overrides ``eval.clips``/``eval.crops``.  Several checkpoints (e.g.
+    the models of UCF101/HMDB51 splits 1, 2 and 3, each trained on its own split) give every
+    result and their mean (``"mean"``), the protocol of Table 3.  Writes JSON to ``out``
+    (default: ``eval_<checkpoint name>.json`` beside the first checkpoint) on process 0.
     """
-    from dynapp.checkpoint import load_checkpoint as _load
     from dynapp.config import apply_overrides, config_from_dict
     from dynapp.evaluate import mean_over_splits
     from dynapp.model import build_model
 
-    ck = _load(path)
-    if not isinstance(ck, dict) or "model" not in ck or not ck.get("config"):
-        raise ValueError(f"{path} is not a dynapp training checkpoint (no model or config)")
-    cfg = config_from_dict(apply_overrides(ck["config"], list(overrides or []) + _parse_views(views)))
-    split_list = _parse_splits(splits) or [cfg.data.split]
-    info = init_distributed(cfg.device)
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
+    info = init_distributed("auto")
     try:
-        d, m, e = cfg.data, cfg.model, cfg.eval
-        per_split = {}
-        model = None
-        for split in split_list:
+        results = []
+        for path in paths:
+            ck = load_checkpoint(path)
+            if not isinstance(ck, dict) or "model" not in ck or not ck.get("config"):
+                raise ValueError(f"{path} is not a dynapp training checkpoint (no model or config)")
+            cfg = config_from_dict(apply_overrides(ck["config"], list(overrides or []) + _parse_views(views)))
+            d, m, e = cfg.data, cfg.model, cfg.eval
             _, val_set, num_classes = build_datasets(
-                dataset=d.dataset, root=d.root, split=split, segments=d.segments, frames=d.frames,
+                dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames,
                 sampling=d.sampling, crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels,
-                num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs)
-            if model is None:
-                model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
-                                    segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
-                                    pretrained=None, representation_kwargs=dict(m.representation_kwargs),
-                                    backbone_kwargs=dict(m.backbone_kwargs))
-                model.load_state_dict(ck["model"])
-                model.to(info.device)
-            per_split[split] = evaluate(model, val_set, device=info.device, batch_size=e.batch_size,
-                                        num_workers=d.num_workers, amp=cfg.optim.amp and info.device.type == "cuda")
-        result = dict(per_split[split_list[0]]) if len(split_list) == 1 else {
-            "mean": mean_over_splits(list(per_split.values())), "splits": {str(k): v for k, v in per_split.items()}}
-        result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}", dataset=d.dataset)
+                num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
+                eval_crop_size=e.crop_size)
+            model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
+                                segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
+                                pretrained=None, representation_kwargs=dict(m.representation_kwargs),
+                                backbone_kwargs=dict(m.backbone_kwargs))
+            model.load_state_dict(ck["model"])
+            model.to(info.device)
+            result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
+                              amp=cfg.optim.amp and info.device.type == "cuda")
+            result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
+                          dataset=d.dataset, split=d.split)
+            results.append(result)
+        if len(results) == 1:
+            final = results[0]
+        else:
+            splits = [r["split"] for r in results]
+            if len(set(splits)) != len(splits):
+                warnings.warn(f"checkpoints share splits {splits}: the mean is not the 3-split protocol", stacklevel=2)
+            final = {"mean": mean_over_splits(results), "runs": results}
         if info.rank == 0:
-            write_json(result, out or Path(path).with_name(f"eval_{Path(path).stem}.json"))
-        return result
+            write_json(final, out or paths[0].with_name(f"eval_{paths[0].stem}.json"))
+        return final
     finally:
         cleanup_distributed()
