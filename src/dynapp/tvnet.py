@@ -20,7 +20,9 @@ stencils and trainable, and so are tau, lambda and theta (defaults 0.25, 0.15, 0
 the paper's).  ``scales``, ``warps`` and ``iterations`` are hyperparameters; the defaults
 (1, 1, 50) are TVNet-50, the configuration the TVNet paper trains end to end.
 
-Images are grayscale in [0, 255] (the range lambda is tuned for).  Boundaries: replicate padding
+Images are grayscale in [0, 255] (the range lambda is tuned for), taken as they are: the
+original TVNet code additionally stretches each image pair to [0, 255] by its joint min/max,
+which is left out here (it changes the effective lambda per pair).  Boundaries: replicate padding
 for the gradients (Neumann), zero padding for the divergence (its adjoint), bilinear warping with
 border padding.  Memory: autograd keeps about 20 image-sized tensors per iteration and pair, so
 training at 224 x 224 with many iterations needs a small batch or checkpointing.
