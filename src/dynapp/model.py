@@ -28,8 +28,8 @@ class VideoClassifier(nn.Module):
     """representation -> backbone -> dropout -> linear head per segment -> mean over segments.
 
     ``backbone`` returns per-segment features (N, S', F) with ``F = backbone.num_features``
-    (S' = 1 for 3D backbones).  The classifier is initialised like TSM's/X3D's (normal, std
-    0.001, zero bias) (a small start keeps the initial logits near uniform).
+    (S' = 1 for 3D backbones).  The classifier starts as in TSM (normal with std 0.001, zero
+    bias), so the initial logits are near uniform.
     """
 
     def __init__(self, representation: nn.Module, backbone: nn.Module, num_classes: int, dropout: float = 0.5) -> None:

@@ -40,7 +40,7 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
     if nt % num_segments:
         raise ValueError(f"temporal_shift: batch {nt} is not a multiple of num_segments={num_segments}")
     fold = c // shift_div
-    x = x.view(nt // num_segments, num_segments, c, h, w)  # (N, S, C, H, W)
+    x = x.reshape(nt // num_segments, num_segments, c, h, w)  # (N, S, C, H, W)
     zeros = x.new_zeros(x.shape[0], 1, fold, h, w)
     back = torch.cat([x[:, 1:, :fold], zeros], dim=1)  # segment t sees t+1
     forward = torch.cat([zeros, x[:, :-1, fold : 2 * fold]], dim=1)  # segment t sees t-1

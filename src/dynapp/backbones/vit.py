@@ -14,6 +14,8 @@ timm's VisionTransformer, adapted the way MAE adapts it (a thin module around th
 
 from __future__ import annotations
 
+import os
+
 import timm
 import torch
 from torch import nn
@@ -70,17 +72,20 @@ class VideoViT(nn.Module):
         """Load image ViT weights: a local timm-format file (``.pth``/``.bin``/``.safetensors``),
         or a timm name such as ``"vit_base_patch16_224.augreg_in21k"`` (or ``"timm"`` for that
         default) downloaded by timm (online only)."""
-        if pretrained == "timm" or (not _looks_like_path(pretrained) and pretrained in timm.list_pretrained()):
-            name = DEFAULT_TIMM_WEIGHTS if pretrained == "timm" else pretrained
-            sd = timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+        if os.path.isfile(pretrained) or _looks_like_path(pretrained):
+            sd = read_state_dict(pretrained)  # a missing file raises FileNotFoundError here
         else:
-            sd = read_state_dict(pretrained)
+            name = DEFAULT_TIMM_WEIGHTS if pretrained == "timm" else pretrained
+            tags = timm.list_pretrained(name.split(".")[0] + ".*")  # an untagged name takes timm's default tag
+            if name not in tags and not ("." not in name and tags):
+                raise ValueError(f"{pretrained!r} is neither a weights file nor a timm pretrained tag (e.g. {DEFAULT_TIMM_WEIGHTS!r})")
+            sd = timm.create_model(name, pretrained=True, num_classes=0).state_dict()  # downloads: online only
         sd = image_to_video_vit_state_dict(sd, self)
         load_backbone_weights(self, sd, first_conv="vit.patch_embed.proj.weight")
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name or name.endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt"))
+    return os.sep in name or "/" in name or name.endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pyth"))
 
 
 def image_to_video_vit_state_dict(state_dict: dict[str, torch.Tensor], model: VideoViT) -> dict[str, torch.Tensor]:
