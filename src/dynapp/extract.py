@@ -142,7 +142,7 @@ def extract(
         raise ValueError(f"the checkpoint's PWTP takes T={pwtp.frames} frames per segment, not --frames {frames}")
     with open_video(video) as v:
         idx = tsn_indices(v.num_frames, segments, frames, train=False)
-        clip = v.read(idx, short_side=short_side)  # (3, S*T, H, W) uint8
+        clip = v.read(idx, short_side=short_side).contiguous()  # (3, S*T, H, W) uint8
     c, _, h, w = clip.shape
     x = normalize(clip).view(c, segments, frames, h, w).transpose(0, 1).contiguous()  # (S, C, T, H, W)
     if pwtp is None:

@@ -35,7 +35,6 @@ from dynapp.data.transforms import (
     multiscale_crop,
     normalize,
     random_resized_crop,
-    resize_short_side,
     three_crop,
 )
 
@@ -70,14 +69,19 @@ def _load_clip(
     rng: np.random.Generator | None,
     backend: str,
 ) -> torch.Tensor:
-    """Decode the sampled frames of one view, resized so the short side is ``scale_size``."""
+    """Decode the sampled frames of one view: (3, S*T, H, W) uint8.
+
+    Frames keep their size unless the short side exceeds twice ``scale_size``; then the decoder
+    shrinks them to ``scale_size`` (cheap in swscale).  The crops do the remaining resize.
+    """
     with open_video(path, backend) as video:
         idx = sample_indices(
             sampling, video.num_frames, segments, frames,
             train=train, stride=stride, rng=rng, clip=clip, num_clips=num_clips,
         )
-        x = video.read(idx, short_side=scale_size)  # (3, S*T, H, W) uint8
-    return resize_short_side(x, scale_size)
+        size = video.frame_size
+        shrink = size is None or min(size) > 2 * scale_size
+        return video.read(idx, short_side=scale_size if shrink else None)
 
 
 class VideoDataset(Dataset):
@@ -183,15 +187,15 @@ class VideoDataset(Dataset):
         )
         if self.train:
             if self.train_crop == "multiscale":
-                x = multiscale_crop(x, self.crop_size, rng)
+                x = multiscale_crop(x, self.crop_size, rng, scale_size=self.scale_size)
             else:
                 x = random_resized_crop(x, self.crop_size, rng)
             if self.flip and rng.random() < 0.5:
                 x = horizontal_flip(x)
         elif self.num_crops == 3:
-            x = three_crop(x, self.crop_size)[crop]
+            x = three_crop(x, self.crop_size, self.scale_size)[crop]
         else:
-            x = center_crop(x, self.crop_size)
+            x = center_crop(x, self.crop_size, self.scale_size)
         return normalize(x)  # (3, S*T, crop, crop) float32
 
     def _mark_bad(self, j: int, reason: str, replacement: int | None) -> None:

@@ -3,7 +3,9 @@
 Training: :func:`multiscale_crop` (TSN's corner/centre multi-scale crop, used by TSM) or
 :func:`random_resized_crop` (Inception-style, used for ViT/X3D recipes), then an optional
 :func:`horizontal_flip` (off for Something-Something, whose labels say "left" and "right").
-Testing: :func:`resize_short_side`, then :func:`center_crop` or :func:`three_crop`.
+Testing: :func:`center_crop` or :func:`three_crop`.  The TSN recipe "resize the short side
+to 256, then crop" is done in one resampling: the crop functions take ``scale_size`` and map
+the crop box back to the original frame (cheaper and sharper than resizing twice).
 Last, :func:`normalize` to float with the ImageNet mean and std.
 
 The geometric work is torchvision's ``transforms.v2.functional`` on tensors (antialiased
@@ -38,6 +40,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _BILINEAR = InterpolationMode.BILINEAR
 
 
+def _resize(clip: torch.Tensor, size: list[int]) -> torch.Tensor:
+    # Resampling a (T, C=3, H, W) view takes torch's fast 3-channel uint8 path: about 2x
+    # faster than treating the (C, T, H, W) clip as T-channel images.
+    return TF.resize(clip.transpose(0, 1), size, interpolation=_BILINEAR, antialias=True).transpose(0, 1)
+
+
+def _resized_crop(clip: torch.Tensor, y: int, x: int, h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
+    out = TF.resized_crop(clip.transpose(0, 1), y, x, h, w, list(size), interpolation=_BILINEAR, antialias=True)
+    return out.transpose(0, 1)
+
+
 def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -51,35 +64,46 @@ def resize_short_side(clip: torch.Tensor, size: int) -> torch.Tensor:
         new = (size, max(1, int(round(w * size / h))))
     else:
         new = (max(1, int(round(h * size / w))), size)
-    return TF.resize(clip, list(new), interpolation=_BILINEAR, antialias=True)
+    return _resize(clip, list(new))
 
 
-def _fit(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Upscale a clip smaller than the crop so that the crop fits (tiny or odd-sized videos)."""
+def _frame_scale(clip: torch.Tensor, scale_size: int | None, size: tuple[int, int]) -> float:
+    """f such that the clip "resized" by 1/f has short side ``scale_size`` and holds a ``size`` crop."""
     h, w = clip.shape[-2:]
-    if h >= size[0] and w >= size[1]:
-        return clip
-    scale = max(size[0] / h, size[1] / w)
-    new = [max(size[0], math.ceil(h * scale)), max(size[1], math.ceil(w * scale))]
-    return TF.resize(clip, new, interpolation=_BILINEAR, antialias=True)
+    f = min(h, w) / scale_size if scale_size else 1.0
+    return min(f, h / size[0], w / size[1])  # tiny frames: enlarge so that the crop fits
 
 
-def center_crop(clip: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """The centre ``size`` crop of every frame (the clip is enlarged first if it is smaller)."""
-    size = _size2(size)
-    return TF.center_crop(_fit(clip, size), list(size))
-
-
-def three_crop(clip: torch.Tensor, size: int | tuple[int, int]) -> list[torch.Tensor]:
-    """Three crops along the long side (left/centre/right, or top/centre/bottom), as in TSM testing."""
-    size = _size2(size)
-    clip = _fit(clip, size)
+def _crop(clip: torch.Tensor, y: float, x: float, ch: float, cw: float, size: tuple[int, int], f: float) -> torch.Tensor:
+    """Crop a box given in resized coordinates (native = resized * f), resampled to ``size``."""
     h, w = clip.shape[-2:]
-    if w - size[1] >= h - size[0]:
-        boxes = [(( h - size[0]) // 2, x) for x in (0, (w - size[1]) // 2, w - size[1])]
+    ny, nx = min(max(int(round(y * f)), 0), h - 1), min(max(int(round(x * f)), 0), w - 1)
+    nh, nw = min(max(int(round(ch * f)), 1), h - ny), min(max(int(round(cw * f)), 1), w - nx)
+    if (nh, nw) == size:
+        return TF.crop(clip, ny, nx, nh, nw)  # no resampling needed
+    return _resized_crop(clip, ny, nx, nh, nw, size)
+
+
+def center_crop(clip: torch.Tensor, size: int | tuple[int, int], scale_size: int | None = None) -> torch.Tensor:
+    """The centre ``size`` crop of every frame, as if the short side were resized to ``scale_size``
+    first (one resampling does both; a clip smaller than the crop is enlarged)."""
+    size = _size2(size)
+    f = _frame_scale(clip, scale_size, size)
+    hv, wv = clip.shape[-2] / f, clip.shape[-1] / f
+    return _crop(clip, (hv - size[0]) / 2, (wv - size[1]) / 2, size[0], size[1], size, f)
+
+
+def three_crop(clip: torch.Tensor, size: int | tuple[int, int], scale_size: int | None = None) -> list[torch.Tensor]:
+    """Three crops along the long side (left/centre/right, or top/centre/bottom), as in TSM
+    testing, after a (virtual) resize of the short side to ``scale_size``."""
+    size = _size2(size)
+    f = _frame_scale(clip, scale_size, size)
+    hv, wv = clip.shape[-2] / f, clip.shape[-1] / f
+    if wv - size[1] >= hv - size[0]:
+        boxes = [((hv - size[0]) / 2, x) for x in (0, (wv - size[1]) / 2, wv - size[1])]
     else:
-        boxes = [(y, (w - size[1]) // 2) for y in (0, (h - size[0]) // 2, h - size[0])]
-    return [TF.crop(clip, y, x, size[0], size[1]) for y, x in boxes]
+        boxes = [(y, (wv - size[1]) / 2) for y in (0, (hv - size[0]) / 2, hv - size[0])]
+    return [_crop(clip, y, x, size[0], size[1], size, f) for y, x in boxes]
 
 
 def multiscale_crop(
@@ -87,6 +111,7 @@ def multiscale_crop(
     size: int | tuple[int, int],
     rng: np.random.Generator,
     *,
+    scale_size: int | None = None,
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66),
     max_distort: int = 1,
     fix_crop: bool = True,
@@ -94,9 +119,12 @@ def multiscale_crop(
     """TSN multi-scale crop: width and height from ``scales`` x the short side (their scale
     indices differ by at most ``max_distort``), placed at one of 13 fixed positions (corners,
     centre, edge midpoints and quarter points; ``fix_crop=False``: anywhere), resized to ``size``.
+    With ``scale_size`` the crop is chosen as if the short side had been resized to it first
+    (TSN resizes to 256, then crops for 224); the resize and the crop are one resampling.
     """
     size = _size2(size)
-    h, w = clip.shape[-2:]
+    f = min(clip.shape[-2:]) / scale_size if scale_size else 1.0
+    h, w = int(round(clip.shape[-2] / f)), int(round(clip.shape[-1] / f))
     base = min(h, w)
     sizes = [max(1, int(base * s)) for s in scales]
     crop_h = [size[0] if abs(c - size[0]) < 3 else c for c in sizes]
@@ -112,7 +140,7 @@ def multiscale_crop(
         y, x = offsets[int(rng.integers(len(offsets)))]
     else:
         y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-    return TF.resized_crop(clip, y, x, ch, cw, list(size), interpolation=_BILINEAR, antialias=True)
+    return _crop(clip, y, x, ch, cw, size, f)
 
 
 def random_resized_crop(
@@ -139,7 +167,7 @@ def random_resized_crop(
         cw, ch = (w, int(round(w / aspect))) if w / h < aspect else (int(round(h * aspect)), h)
         ch, cw = min(ch, h), min(cw, w)
         y, x = (h - ch) // 2, (w - cw) // 2
-    return TF.resized_crop(clip, y, x, ch, cw, list(size), interpolation=_BILINEAR, antialias=True)
+    return _resized_crop(clip, y, x, ch, cw, size)
 
 
 def horizontal_flip(clip: torch.Tensor) -> torch.Tensor:
@@ -150,11 +178,11 @@ def horizontal_flip(clip: torch.Tensor) -> torch.Tensor:
 def normalize(
     clip: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> torch.Tensor:
-    """uint8 ``(C, T, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel."""
-    x = clip.to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1, 1)
-    return x.sub_(m).div_(s)
+    """uint8 ``(C, T, H, W)`` -> contiguous float32 ``(x / 255 - mean) / std`` per channel."""
+    x = clip.contiguous().to(torch.float32)  # transposing uint8 is 4x less traffic than float
+    scale = torch.tensor([1 / (255.0 * s) for s in std], dtype=x.dtype).view(-1, 1, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=x.dtype).view(-1, 1, 1, 1)
+    return x.mul_(scale).add_(bias)
 
 
 def denormalize(
