@@ -173,18 +173,14 @@ class VideoDataset(Dataset):
         """The video behind item ``item`` (before any replacement of a bad video)."""
         return item // self.views
 
-    def _view(self, j: int, view: int) -> torch.Tensor:
-        clip, crop = divmod(view, self.num_crops)
-        rng = None
-        if self.train:
-            # Drawn from torch's RNG, which the DataLoader seeds differently in every worker
-            # and every epoch, and which torch.manual_seed makes reproducible.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        x = _load_clip(
+    def _decode(self, j: int, clip: int, rng: np.random.Generator | None) -> torch.Tensor:
+        return _load_clip(
             self.items[j].path, sampling=self.sampling, segments=self.segments, frames=self.frames,
             stride=self.stride, train=self.train, clip=clip, num_clips=self.num_clips,
             scale_size=self.scale_size, rng=rng, backend=self.backend,
         )
+
+    def _transform(self, x: torch.Tensor, crop: int, rng: np.random.Generator | None) -> torch.Tensor:
         if self.train:
             if self.train_crop == "multiscale":
                 x = multiscale_crop(x, self.crop_size, rng, scale_size=self.scale_size)
@@ -198,16 +194,22 @@ class VideoDataset(Dataset):
             x = center_crop(x, self.crop_size, self.scale_size)
         return normalize(x)  # (3, S*T, crop, crop) float32
 
-    def _mark_bad(self, j: int, reason: str, replacement: int | None) -> None:
+    def _mark_bad(self, j: int, reason: str, replaced: bool) -> None:
         self._bad[j] = 1
         self._reasons[j] = reason
-        instead = f"; using video {replacement} instead" if replacement is not None else ""
+        instead = "; using the next readable video instead" if replaced else ""
         warnings.warn(f"skipping unreadable video {self.items[j].path}: {reason}{instead}", BadVideoWarning, stacklevel=3)
 
     def __getitem__(self, item: int):
         if not 0 <= item < len(self):
             raise IndexError(f"item {item} out of range for {len(self)} items")
         video, view = divmod(item, self.views)
+        clip, crop = divmod(view, self.num_crops)
+        rng = None
+        if self.train:
+            # Drawn from torch's RNG, which the DataLoader seeds differently in every worker
+            # and every epoch, and which torch.manual_seed makes reproducible.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         n = len(self.items)
         tries = min(n, self.max_replacements + 1)
         for step in range(tries):
@@ -215,10 +217,12 @@ class VideoDataset(Dataset):
             if self._bad[j]:
                 continue
             try:
-                return self._view(j, view), self.items[j].label, j
-            except Exception as err:  # a bad file must never stop a run
+                x = self._decode(j, clip, rng)
+            except Exception as err:  # a bad file must never stop a run (transform bugs still raise)
                 reason = err.reason if isinstance(err, VideoDecodeError) else f"{type(err).__name__}: {err}"
-                self._mark_bad(j, reason, (j + 1) % n if step + 1 < tries else None)
+                self._mark_bad(j, reason, step + 1 < tries)
+                continue
+            return self._transform(x, crop, rng), self.items[j].label, j
         raise RuntimeError(
             f"{tries} videos in a row from {self.items[video].path} are unreadable; "
             "run `dynapp check-data` on this dataset"
