@@ -78,20 +78,22 @@ def test_freeze_batchnorm_keeps_the_first():
 
 
 def test_end_to_end_mgda_logs_and_checkpoint(tmp_path):
-    cfg = load_config(None, TINY + ["optim.epochs=2", f"log.out_dir={tmp_path}", "eval.clips=2", "eval.every_epochs=1"])
+    cfg = load_config(None, TINY + ["optim.epochs=2", f"log.out_dir={tmp_path}", "eval.clips=2", "eval.every_epochs=1",
+                                    "data.num_samples=6", "log.tensorboard=true"])
     result = run_from_config(cfg)
     rows = _read_csv(tmp_path / "train_log.csv")
-    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
     for r in rows:  # alpha, ENoPR and the recognition loss on every step
         assert 0.0 <= float(r["alpha"]) <= 1.0
         assert float(r["enopr"]) > 0 and math.isfinite(float(r["rec_loss"]))
     # the schedule: cosine from 0.05 down, per step
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[0] == pytest.approx(0.05) and all(b < a for a, b in zip(lrs, lrs[1:]))
-    assert result["video"]["count"] == 2 and result["clip"]["count"] == 4
+    assert result["video"]["count"] == 1 and result["clip"]["count"] == 2
     ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert ck["step"] == 8 and ck["epoch"] == 2 and ck["config"]["joint"]["strategy"] == "mgda"
+    assert ck["step"] == 6 and ck["epoch"] == 2 and ck["config"]["joint"]["strategy"] == "mgda"
     assert (tmp_path / "eval.json").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_separate_strategy_phases(tmp_path):
@@ -139,8 +141,10 @@ def _final_params(out_dir: Path) -> dict:
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    common = TINY + ["optim.epochs=2", "checkpoint.every_steps=2", "deterministic=true", "model.dropout=0.3",
-                     "optim.warmup_epochs=1"]
+    # 3 epochs of 2 steps; a checkpoint every 3 steps lands mid-epoch, so the resume must restore
+    # the position inside the epoch's shuffle as well as the schedule and the RNG (dropout).
+    common = TINY + ["data.num_samples=4", "optim.epochs=3", "checkpoint.every_steps=3", "deterministic=true",
+                     "model.dropout=0.3", "optim.warmup_epochs=1"]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     run_from_config(load_config(None, common + [f"log.out_dir={ref_dir}"]))
 
@@ -149,8 +153,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(cmd + ["debug.sleep_per_step=0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     log = run_dir / "train_log.csv"
     deadline = time.time() + 90
-    while time.time() < deadline:  # kill after step 3: a checkpoint exists at step 2, the next would be 4
-        if log.exists() and len(_read_csv(log)) >= 3:
+    while time.time() < deadline:  # kill after step 4: a checkpoint exists at step 3, the next would be 6
+        if log.exists() and len(_read_csv(log)) >= 4:
             break
         if proc.poll() is not None:
             pytest.fail(f"the run ended early: {proc.stderr.read().decode()[-2000:]}")
@@ -159,7 +163,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert 2 <= ck["step"] < 8
+    assert ck["step"] == 3 and ck["batch_in_epoch"] == 1
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -167,7 +171,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 8
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    assert "resumed from" in done.stdout and "at step 3" in done.stdout
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

@@ -119,6 +119,7 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
+    enabled: bool = True  # false: write no checkpoint at all (smoke tests)
     every_steps: int = 0  # also save every N optimiser steps (0: only at epoch ends)
     keep_every_epoch: bool = False  # keep epoch_XXX.pt besides last.pt
 

@@ -33,6 +33,7 @@ __all__ = [
     "all_reduce_sum",
     "all_gather_objects",
     "barrier",
+    "broadcast_buffers",
     "train_sampler",
     "ExactShardSampler",
 ]
@@ -125,6 +126,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer (BatchNorm running statistics) of ``module`` from process ``src``.
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step every
+    process holds statistics updated by its own batch; call this before evaluating or saving.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf.data, src)
 
 
 def barrier() -> None:

@@ -49,6 +49,7 @@ from dynapp.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     cleanup_distributed,
     get_rank,
     get_world_size,
@@ -402,6 +403,7 @@ def train(
     eval_batch_size: int = 8,
     checkpoint_every_steps: int = 0,
     keep_every_epoch: bool = False,
+    save_checkpoints: bool = True,
     csv_log: bool = True,
     tensorboard: bool = True,
     progress: bool = True,
@@ -417,7 +419,7 @@ def train(
 
     Call inside an initialised process group (``init_distributed``) for multi-process runs.
     Files in ``out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``train_log.csv``,
-    ``tensorboard/``, ``eval.json``.  ``resume=True`` continues from ``checkpoints/last.pt``
+    ``tensorboard/``, ``eval.json`` (``save_checkpoints=False``: no checkpoint).  ``resume=True`` continues from ``checkpoints/last.pt``
     exactly (schedule, step counter, sampler epoch and position, RNG states).
     """
     rank, world = get_rank(), get_world_size()
@@ -482,6 +484,9 @@ def train(
             print(f"resumed from {last_path} at step {state.step} (epoch {state.epoch})", flush=True)
 
     def save(epoch_file: bool = False) -> None:
+        broadcast_buffers(model)  # BatchNorm statistics of process 0 everywhere (collective)
+        if not save_checkpoints:
+            return
         rngs = all_gather_objects(get_rng_state())  # collective: every process calls save()
         if rank == 0:
             ck_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -638,7 +643,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             accumulation_steps=o.accumulation_steps, strategy=j.strategy, alpha=j.alpha, gamma=j.gamma, lam=j.lam,
             separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
             eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
-            keep_every_epoch=cfg.checkpoint.keep_every_epoch, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
+            keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
             progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
             config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
     finally:
