@@ -145,3 +145,11 @@ def test_unknown_backend_and_missing_torchcodec_are_clear_errors(videos):
     except ImportError:
         with pytest.raises(ValueError, match="not installed"):
             read_frames(videos["h264_mp4"], [0], backend="torchcodec")
+
+
+def test_jpeg_frame_folder_downscaled_while_decoding(tmp_path):
+    for t, img in enumerate(ramp_frames(6, 48, 64)):
+        Image.fromarray(img).save(tmp_path / f"{t + 1:05d}.jpg", quality=95)
+    clip = read_frames(tmp_path, [5, 0, 3], short_side=12)  # JPEG draft mode, then an exact resize
+    assert clip.shape == (3, 3, 12, 16)
+    assert _decoded_index(clip).tolist() == [5, 0, 3]

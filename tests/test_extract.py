@@ -52,6 +52,19 @@ def test_extract_with_checkpoints_bare_and_model_prefixed(tmp_path):
     assert np.array_equal(np.asarray(Image.open(a[0])), np.asarray(Image.open(b[0])))
 
 
+def test_extract_reads_the_pwtp_of_a_training_checkpoint(tmp_path):
+    from dynapp.checkpoint import save_checkpoint
+    from dynapp.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(representation="pwtp", backbone="small2d", num_classes=3, segments=2, frames=4)
+    ckpt = save_checkpoint({"model": model.state_dict(), "epoch": 1}, tmp_path / "run.pt")
+    pwtp = load_pwtp(ckpt)
+    assert pwtp.frames == 4
+    for k, v in model.representation.pwtp.state_dict().items():
+        assert torch.equal(pwtp.state_dict()[k], v)
+
+
 def test_cli_extract_and_its_one_line_errors(tmp_path):
     runner = CliRunner()
     video = _moving_square(tmp_path / "v.mp4")
