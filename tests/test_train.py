@@ -179,3 +179,38 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     cfg = load_config(None, TINY + [f"log.out_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_from_config(cfg, resume=True)
+
+
+def test_train_and_eval_cli_on_generated_video_files(tmp_path):
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from dynapp.cli import app
+    from dynapp.data.encode import write_video
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "videos"
+    for i in range(4):  # root/<class>/<video>.mp4, the "folder" layout
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        texture = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
+        frames = np.stack([np.roll(texture, (i % 2 + 1) * t, axis=1)[:, :64] for t in range(16)])  # (T, H, W, 3)
+        write_video(folder / f"v{i}.mp4", frames)
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "data.dataset=folder", f"data.root={root}", "data.segments=2", "data.frames=4",
+                              "data.crop_size=32", "data.num_workers=0", "model.backbone=small2d",
+                              "model.backbone_kwargs.widths=[8,8,8,8]", "optim.batch_size=2", "optim.epochs=1",
+                              "eval.every_epochs=1", f"log.out_dir={out}", "log.tensorboard=false", "log.progress=false"])
+    assert res.exit_code == 0, res.output
+    assert len(_read_csv(out / "train_log.csv")) == 2
+    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--views", "2x3",
+                              "--out", str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["video"]["count"] == 4 and result["clip"]["count"] == 4 * 2 * 3
+    assert result["views"] == "2x3" and 0.0 <= result["video"]["top1"] <= 100.0
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--views", "2by3"])
+    assert bad.exit_code == 1 and "CLIPSxCROPS" in bad.output
