@@ -214,3 +214,32 @@ def test_train_and_eval_cli_on_generated_video_files(tmp_path):
     assert result["views"] == "2x3" and 0.0 <= result["video"]["top1"] <= 100.0
     bad = runner.invoke(app, ["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--views", "2by3"])
     assert bad.exit_code == 1 and "CLIPSxCROPS" in bad.output
+
+
+@pytest.mark.parametrize("strategy", ["constant", "scheduler"])
+def test_weighted_strategies_log_their_alpha(strategy, tmp_path):
+    from dynapp.joint import scheduler_alpha
+
+    cfg = load_config(None, TINY + ["optim.epochs=1", f"joint.strategy={strategy}", "joint.alpha=0.9",
+                                    "joint.gamma=0.5", "joint.lam=0.3", "checkpoint.enabled=false",
+                                    f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    alphas = [float(r["alpha"]) for r in _read_csv(tmp_path / "train_log.csv")]
+    expected = [0.9] * 4 if strategy == "constant" else [scheduler_alpha(m, 4, gamma=0.5, lam=0.3) for m in range(1, 5)]
+    assert alphas == pytest.approx(expected)
+
+
+def test_init_from_checkpoint_skips_a_different_head(tmp_path):
+    from dynapp.model import build_model
+    from dynapp.train import init_model_from
+
+    run_from_config(load_config(None, TINY + ["optim.epochs=1", "data.num_classes=4", f"log.out_dir={tmp_path}"]))
+    source = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    model = build_model(representation="pwtp", backbone="small2d", num_classes=3, segments=2, frames=4,
+                        backbone_kwargs={"widths": [8, 16, 16, 16]})
+    skipped = init_model_from(model, tmp_path / "checkpoints" / "last.pt")
+    assert skipped == ["head.bias", "head.weight"]
+    state = model.state_dict()
+    for k, v in source.items():
+        if not k.startswith("head."):
+            assert torch.equal(state[k], v), k
