@@ -172,6 +172,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    # the rows the killed run logged after its checkpoint are replaced, not repeated
+    assert [int(r["step"]) for r in _read_csv(log)] == list(range(1, 7))
     assert "resumed from" in done.stdout and "at step 3" in done.stdout
 
 
@@ -179,6 +181,16 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     cfg = load_config(None, TINY + [f"log.out_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_from_config(cfg, resume=True)
+
+
+def test_fresh_run_refuses_to_overwrite_a_run(tmp_path):
+    cfg = load_config(None, TINY + ["optim.epochs=1", "max_steps=1", f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    with pytest.raises(ValueError, match="--resume"):
+        run_from_config(cfg)
+    run_from_config(load_config(None, TINY + ["optim.epochs=1", "max_steps=2", f"log.out_dir={tmp_path}"]),
+                    resume=True)
+    assert [int(r["step"]) for r in _read_csv(tmp_path / "train_log.csv")] == [1, 2]
 
 
 def test_train_and_eval_cli_on_generated_video_files(tmp_path):

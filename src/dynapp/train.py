@@ -159,21 +159,28 @@ def set_train_mode(model: nn.Module, *, frozen_bn: list[nn.Module], freeze_repre
 class TrainLogger:
     FIELDS = ["step", "epoch", "lr", "loss", "rec_loss", "enopr", "alpha", "acc", "grad_norm", "samples_per_s"]
 
-    def __init__(self, out_dir: Path, *, rank: int, csv_log: bool, tensorboard: bool):
+    def __init__(self, out_dir: Path, *, rank: int, csv_log: bool, tensorboard: bool, start_step: int = 0):
+        """``start_step``: the step a run resumes from; rows logged after it by the interrupted
+        run are dropped (CSV rewritten, TensorBoard events purged), so no step appears twice."""
         self.rank = rank
         self._csv = self._writer = self._tb = None
         if csv_log:
             name = "train_log.csv" if rank == 0 else f"train_log.rank{rank}.csv"
             path = out_dir / name
-            new = not path.exists()
-            self._csv = open(path, "a", newline="")
+            kept: list[dict] = []
+            if start_step > 0 and path.exists():
+                with open(path, newline="") as f:
+                    kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+            self._csv = open(path, "w", newline="")
             self._writer = csv.DictWriter(self._csv, fieldnames=self.FIELDS)
-            if new:
-                self._writer.writeheader()
+            self._writer.writeheader()
+            for r in kept:
+                self._writer.writerow({k: r.get(k, "") for k in self.FIELDS})
+            self._csv.flush()
         if tensorboard and rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(out_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
     def log(self, row: dict) -> None:
         if self._writer is not None:
@@ -463,6 +470,8 @@ def train(
 
     state = TrainState()
     last_path = ckpt_dir / "last.pt"
+    if not resume and last_path.exists():
+        raise ValueError(f"{last_path} exists: add --resume to continue that run, or choose another log.out_dir")
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
@@ -498,7 +507,7 @@ def train(
         state.last_checkpoint = str(last_path)
         barrier()
 
-    logger = TrainLogger(out_dir, rank=rank, csv_log=csv_log, tensorboard=tensorboard)
+    logger = TrainLogger(out_dir, rank=rank, csv_log=csv_log, tensorboard=tensorboard, start_step=state.step)
     result: dict = {}
     try:
         finished = True
