@@ -129,9 +129,9 @@ def test_nan_loss_cli_message(tmp_path):
 
     from dynapp.cli import app
 
-    res = CliRunner().invoke(app, ["train", *TINY, "optim.epochs=1", "debug.nan_at_step=0", f"log.out_dir={tmp_path}"])
+    res = CliRunner().invoke(app, ["train", *TINY, "optim.epochs=1", "debug.nan_at_step=1", f"log.out_dir={tmp_path}"])
     assert res.exit_code == 1
-    assert "non-finite loss at step 0" in res.output and "none written yet" in res.output
+    assert "non-finite loss at step 1 " in res.output and "none written yet" in res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 

@@ -126,7 +126,7 @@ class CheckpointConfig:
 
 @dataclass
 class DebugConfig:
-    nan_at_step: int = -1  # make the recognition loss NaN at this optimiser step (tests the stop)
+    nan_at_step: int = 0  # make the recognition loss NaN at this optimiser step, counted from 1 (0: never)
     sleep_per_step: float = 0.0  # seconds to sleep after every step (tests killing a run)
 
 

@@ -81,7 +81,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainState:
-    step: int = 0  # optimiser steps done
+    step: int = 0  # optimiser steps done (logs and messages count steps from 1: step k is the k-th)
     epoch: int = 0  # current epoch (finished epochs when batch_in_epoch == 0)
     batch_in_epoch: int = 0  # micro-batches of ``epoch`` already consumed
     last_checkpoint: str = ""
@@ -247,7 +247,7 @@ def train_one_epoch(
     save: Callable[[], None],
     checkpoint_every: int,
     max_steps: int,
-    nan_at_step: int = -1,
+    nan_at_step: int = 0,
     sleep_per_step: float = 0.0,
 ) -> bool:
     """Train ``steps_this_epoch`` optimiser steps; returns False if ``max_steps`` stopped it.
@@ -288,7 +288,7 @@ def train_one_epoch(
                     out = ddp_model(clip)
                     logits, aux_loss = out.logits, out.aux_loss
                     rec_loss = criterion(logits.float(), label)
-            if state.step == nan_at_step and rec_loss is not None:
+            if state.step + 1 == nan_at_step and rec_loss is not None:
                 rec_loss = rec_loss * float("nan")  # fault injection (tests)
             main = aux_loss if phase == "pwtp" else rec_loss
             # one small all-reduce: logging statistics and whether any process saw a non-finite loss
@@ -303,7 +303,7 @@ def train_one_epoch(
             local = all_reduce_sum(local.to(device)).cpu()
             if local[4] > 0:
                 raise NonFiniteLossError(
-                    f"non-finite loss at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
+                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
                     f"run stopped, last good checkpoint: {state.last_checkpoint or 'none written yet'}")
             stats += torch.tensor([local[0] / world, local[1] / world, local[2], local[3], 1.0], dtype=torch.float64)
             if phase == "pwtp":
@@ -339,7 +339,7 @@ def train_one_epoch(
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm > 0 else float("inf")))
         if not amp and not math.isfinite(grad_norm):
             raise NonFiniteLossError(
-                f"non-finite gradient at step {state.step} (epoch {state.epoch}); run stopped, "
+                f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
                 f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
         scaler.step(optimizer)
         scaler.update()
@@ -419,7 +419,7 @@ def train(
     max_steps: int = 0,
     resume: bool = False,
     config: dict | None = None,
-    nan_at_step: int = -1,
+    nan_at_step: int = 0,
     sleep_per_step: float = 0.0,
 ) -> dict:
     """Train ``model`` (a ``VideoClassifier``) and evaluate it; returns the last evaluation result.
