@@ -69,13 +69,14 @@ def test_mean_class_accuracy_and_split_mean():
     assert mean["splits"] == 2 and mean["clip"]["count"] == 8
 
 
-# Per-process batch 1 in both runs, so BatchNorm sees the same samples: 2 processes x 1 sample
-# versus 1 process x 2 accumulated micro-batches of 1 (DistributedSampler puts item 2k on
-# rank 0 and 2k+1 on rank 1, the single process takes them in that order).
+# Per-process micro-batch 1 in both runs, so BatchNorm sees the same samples: a global batch of 4
+# as 2 processes x 2 accumulated micro-batches (DDP's no_sync path, g1 summed over micro-batches
+# then averaged over processes) versus 1 process x 4 micro-batches.  DistributedSampler puts item
+# 2k on rank 0 and 2k+1 on rank 1; the single process takes items 0-3 for its first step too.
 COMMON = [
     "data.dataset=random", "data.segments=2", "data.frames=4", "data.crop_size=32", "data.num_samples=12",
     "data.num_workers=0", "model.backbone=small2d", "model.backbone_kwargs.widths=[8,16,16,16]", "model.dropout=0",
-    "optim.batch_size=2", "optim.lr=0.1", "optim.epochs=1", "log.tensorboard=false", "log.progress=false",
+    "optim.batch_size=4", "optim.lr=0.2", "optim.epochs=1", "log.tensorboard=false", "log.progress=false",
     "eval.clips=3", "eval.every_epochs=1", "device=cpu",
 ]
 
@@ -89,14 +90,14 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "dynapp.cli", "train", *COMMON, f"log.out_dir={ddp_dir}"]
+           "-m", "dynapp.cli", "train", *COMMON, "optim.accumulation_steps=2", f"log.out_dir={ddp_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_from_config(load_config(None, COMMON + ["optim.accumulation_steps=2", f"log.out_dir={one_dir}"]))
+    run_from_config(load_config(None, COMMON + ["optim.accumulation_steps=4", f"log.out_dir={one_dir}"]))
 
     a = load_checkpoint(ddp_dir / "checkpoints" / "last.pt")
     b = load_checkpoint(one_dir / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 6 and a["world_size"] == 2 and b["world_size"] == 1
+    assert a["step"] == b["step"] == 3 and a["world_size"] == 2 and b["world_size"] == 1
     init = load_config(None, COMMON)
     moved = 0
     for name, p in a["model"].items():
@@ -108,7 +109,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 
     # both processes logged the same alpha, which is the single-process alpha
     alpha0, alpha1 = _alphas(ddp_dir / "train_log.csv"), _alphas(ddp_dir / "train_log.rank1.csv")
-    assert len(alpha0) == 6 and alpha0 == alpha1
+    assert len(alpha0) == 3 and alpha0 == alpha1
     single = [float(x) for x in _alphas(one_dir / "train_log.csv")]
     assert [float(x) for x in alpha0] == pytest.approx(single, abs=1e-4)
     assert len({round(float(x), 6) for x in alpha0}) > 1  # alpha actually varies (MGDA, not a constant)
