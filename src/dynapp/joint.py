@@ -215,7 +215,11 @@ def combine_theta1_grads(
     offset = 0
     for p in theta1:
         n = p.numel()
-        p.grad = combined[offset : offset + n].view_as(p).clone()
+        new = combined[offset : offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = new.clone()
+        else:  # in place: DDP may hold views of the gradients (gradient_as_bucket_view)
+            p.grad.copy_(new)
         offset += n
     mgda_state.reset()
     return alpha

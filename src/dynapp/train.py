@@ -325,7 +325,7 @@ def train_one_epoch(
             alpha = 1.0
             for p in theta1:  # the representation ran outside DDP: average its gradient here
                 if p.grad is not None:
-                    p.grad = all_reduce_mean(p.grad)
+                    p.grad.copy_(all_reduce_mean(p.grad))
         elif phase == "recogniser":
             alpha = 0.0
             for p in theta1:  # Theta1 is frozen after separate pre-training
