@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -51,8 +53,6 @@ __all__ = [
     "precompute_video_flow",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma, the weights of cv2.cvtColor(..., COLOR_RGB2GRAY).
 _LUMA = (0.299, 0.587, 0.114)
 
