@@ -365,9 +365,10 @@ def temporal_weights(A: torch.Tensor, *, eps: float | None = None, ridge: float 
 class _PairwiseSimilarity(torch.autograd.Function):
     """u[n, k, h, w] = <feat[n, :, t1_k, h, w], feat[n, :, t2_k, h, w]> for the pairs t1 < t2.
 
-    Row t1 of the upper triangle is one broadcast product summed over C'.  The backward
-    accumulates into one gradient buffer; autograd through the slices would allocate and
-    zero-fill a full-size gradient for every one of the 2 (T - 1) slices.
+    Forward: row t1 of the upper triangle is one broadcast product summed over C'.  Backward:
+    the gradient is scattered into a symmetric T x T matrix G per position and
+    ``grad_feat[:, t] = sum_s G[t, s] feat[:, s]``, T in-place multiply-adds into one buffer
+    (autograd through the slices allocated a full-size zero gradient per slice: 5x slower).
     """
 
     @staticmethod
@@ -380,15 +381,14 @@ class _PairwiseSimilarity(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (feat,) = ctx.saved_tensors
-        T = feat.shape[2]
-        g_feat = torch.zeros_like(feat)
-        k = 0
-        for t in range(T - 1):
-            g = grad[:, k : k + T - 1 - t].unsqueeze(1)  # (N, 1, T-1-t, h, w)
-            # d u[t, s] / d feat[t] = feat[s] and d u[t, s] / d feat[s] = feat[t], for s > t
-            g_feat[:, :, t].add_((g * feat[:, :, t + 1 :]).sum(2))
-            g_feat[:, :, t + 1 :].addcmul_(g, feat[:, :, t : t + 1])
-            k += T - 1 - t
+        N, _, T, h, w = feat.shape
+        i, j = torch.triu_indices(T, T, offset=1, device=feat.device)
+        G = grad.new_zeros(N, T, T, h, w)
+        G[:, i, j] = grad
+        G = G + G.transpose(1, 2)  # (N, T, T, h, w), symmetric with a zero diagonal
+        g_feat = feat[:, :, 0:1] * G[:, :, 0].unsqueeze(1)  # (N, C', T, h, w)
+        for s in range(1, T):
+            g_feat.addcmul_(feat[:, :, s : s + 1], G[:, :, s].unsqueeze(1))
         return g_feat
 
 
