@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "random"  # a name of dynapp.data.DATASETS, or "random" (in-memory noise clips)
+    dataset: str = "random"  # a name of dynapp.data.DATASETS, "synthetic" (generated same-scene actions) or "random" (noise clips)
     root: str = ""  # dataset root folder
     split: int = 1  # official split (UCF101/HMDB51: 1..3)
     segments: int = 4  # S

@@ -8,6 +8,7 @@ Public API::
     read_annotations(name, root, *, split=1, train=True) -> Annotations(items, classes)
     tsn_indices / dense_indices / sample_indices: frame indices of a clip (pure numpy)
     VideoDataset, build_dataset(name, root, *, split=1, train, segments, frames, sampling, crop_size, ...)
+        (name "synthetic": generated same-scene action clips, dynapp.data.synthetic.SyntheticActions)
     check_dataset(paths, *, min_frames, quick=False, workers=0) -> [CheckResult]
 """
 

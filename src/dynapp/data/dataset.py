@@ -270,8 +270,14 @@ def build_dataset(
     ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
     direction; the paper trains it without flipping).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
-    ``num_crops``, ``backend``).
+    ``num_crops``, ``backend``).  ``name="synthetic"`` generates the same-scene action clips of
+    :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
     """
+    if name == "synthetic":
+        from dynapp.data.synthetic import build_synthetic
+
+        return build_synthetic(root, split=split, train=train, segments=segments, frames=frames,
+                               crop_size=crop_size, **kwargs)
     ann = read_annotations(name, root, split=split, train=train)
     if flip is None:
         flip = name != "ssv1"
