@@ -138,8 +138,8 @@ def test_gradcheck_module_parameters_and_input():
     params = tuple(p.detach().clone().requires_grad_(True) for p in pwtp.parameters())
 
     def f(x, *ps):
-        out = torch.func.functional_call(pwtp, dict(zip(names, ps)), (x,))
-        return out.dynamic, out.enopr
+        out = torch.func.functional_call(pwtp, dict(zip(names, ps)), (x,), {"return_static": True})
+        return out.dynamic, out.enopr, out.static
 
     assert torch.autograd.gradcheck(f, (x, *params))
 
