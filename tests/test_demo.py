@@ -1,0 +1,56 @@
+"""`dynapp demo --quick` end to end (even smaller sizes): table, results.json, report and figures."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from dynapp.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_quick_writes_the_whole_report(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--num-train", "32", "--num-test", "16",
+                              "--epochs", "1", "--size", "16", "--seeds", "2"])
+    assert res.exit_code == 0, res.output
+    for line in ("rgb_diff", "dynamic_image", "pwtp", "chance: 12.5%"):
+        assert line in res.output
+    files = {p.name for p in out.iterdir()}
+    expected = {"results.json", "report.md", "da_frames.png", "curves.png", "alpha.png", "enopr_vs_loss.png",
+                "confusion.png"}
+    assert expected <= files, files
+    report = (out / "report.md").read_text()
+    for name in expected - {"results.json", "report.md"}:
+        assert f"]({name})" in report  # every figure is embedded
+    data = json.loads((out / "results.json").read_text())
+    assert data["seeds"] == [0, 1] and data["chance"] == 12.5
+    rows = {r["input"]: r for r in data["summary"]}
+    assert set(rows) == {"rgb", "rgb_diff", "dynamic_image", "pwtp"}
+    for r in rows.values():
+        for key in ("acc_unbiased", "acc_biased"):
+            assert 0.0 <= r[key] <= 100.0 and r[key + "_sd"] is not None
+        assert r["params"] > 0 and r["gflops"] > 0
+    assert rows["pwtp"]["enopr"] > 0 and rows["rgb"]["enopr"] is None
+    assert abs(rows["rgb"]["weight_sum"] - 1.0) < 1e-5 and rows["rgb_diff"]["static_share"] == 0.0
+    assert 0.0 <= rows["pwtp"]["static_share"] <= 1.0
+    # every run's confusion matrix counts every test clip once
+    for run in data["runs"]:
+        for setting in ("unbiased", "biased"):
+            for r in run["results"][setting].values():
+                cm = torch.tensor(r["confusion"])
+                assert cm.shape == (8, 8) and int(cm.sum()) == 16
+                assert abs(100.0 * cm.diag().sum().item() / 16 - r["accuracy"]) < 1e-6
+                assert len(r["log"]) == r["steps"] >= 1
+    # MGDA's alpha is logged for pwtp and lies in [0, 1]
+    alphas = [row["alpha"] for row in data["runs"][0]["results"]["unbiased"]["pwtp"]["log"]]
+    assert all(0.0 <= a <= 1.0 for a in alphas)
+
+
+def test_demo_bad_option_is_one_line_error(tmp_path):
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--inputs", "rgb,optical"])
+    assert res.exit_code == 1
+    assert "unknown optical" in res.output and "Traceback" not in res.output
