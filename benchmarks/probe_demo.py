@@ -28,7 +28,8 @@ CANDIDATES = {
     "k4_32px_960_e6": dict(num_classes=4, size=32, num_train=960, epochs=6),
     "k6_32px_960_e12": dict(num_classes=6, size=32, num_train=960, epochs=12),
     "k8_32px_960_e12": dict(num_classes=8, size=32, num_train=960, epochs=12),
-    "k4_32px_960_e12_shake1": dict(num_classes=4, size=32, num_train=960, epochs=12, shake=1.0),
+    "k8_32px_960_e12_shake1": dict(num_classes=8, size=32, num_train=960, epochs=12, shake=1.0),
+    "k8_32px_480_e12": dict(num_classes=8, size=32, num_train=480, epochs=12),
     "k8_48px_960_e12": dict(num_classes=8, size=48, num_train=960, epochs=12),
 }
 

@@ -155,7 +155,8 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
         out = leakage_from_weights(a.view(1, frames, 1, 1).expand(n * segments, frames, h, w), seg)
     else:  # rgb_diff: every channel is x[t+1] - x[t], weights (-1, +1)
         return {"static_share": 0.0, "weight_sum": 0.0}
-    return {"static_share": float(out.static_share.mean()), "weight_sum": float(out.weight_sum.mean())}
+    share, wsum = float(out.static_share.mean()), float(out.weight_sum.mean())
+    return {"static_share": share if abs(share) > 1e-9 else 0.0, "weight_sum": wsum if abs(wsum) > 1e-9 else 0.0}
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
@@ -385,9 +386,10 @@ def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo) -> list[dict
 
 
 def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/demo", seeds: int = 1, seed: int = 0,
-             study: str | None = None, echo=print) -> dict:
+             study: str | None = None, echo=None) -> dict:
     """Run the demo and write the report folder; returns the results dict (also results.json)."""
     cfg = cfg or DemoConfig()
+    echo = echo or (lambda line: print(line, flush=True))
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     unknown = set(cfg.inputs) - set(INPUTS)
