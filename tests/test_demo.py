@@ -54,3 +54,19 @@ def test_demo_bad_option_is_one_line_error(tmp_path):
     res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--inputs", "rgb,optical"])
     assert res.exit_code == 1
     assert "unknown optical" in res.output and "Traceback" not in res.output
+
+
+def test_demo_study_joint_runs_every_strategy(tmp_path):
+    out = tmp_path / "study"
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--num-train", "32", "--num-test", "16",
+                              "--epochs", "4", "--size", "16", "--inputs", "pwtp", "--study", "joint"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    rows = data["studies"]["joint"]
+    assert [r["strategy"] for r in rows] == ["separate", "constant 0.0", "constant 0.5", "constant 0.9", "mgda",
+                                             "scheduler"]
+    assert all(0.0 <= r["accuracy"] <= 100.0 and r["enopr"] > 0 for r in rows)
+    # alpha = 0 never trains PWTP on ENoPR; alpha = 0.9 mostly does: its ENoPR ends lower
+    enopr = {r["strategy"]: r["enopr"] for r in rows}
+    assert enopr["constant 0.9"] < enopr["constant 0.0"]
+    assert "## Study: joint" in (out / "report.md").read_text()

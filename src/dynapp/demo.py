@@ -470,5 +470,9 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
     for key, f in figures.items():
         lines += [f"## {titles[key]}", "", f"![{key}]({f})", ""]
     for name, rows_ in studies.items():
-        lines += [f"## Study: {name}", "", "```", json.dumps(rows_, indent=1), "```", ""]
+        keys = list(rows_[0]) if rows_ else []
+        cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        lines += [f"## Study: {name}", "", "PWTP on the unbiased data, first seed.", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows_] + [""]
     (out / "report.md").write_text("\n".join(lines))
