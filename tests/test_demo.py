@@ -20,7 +20,7 @@ def test_demo_quick_writes_the_whole_report(tmp_path):
     for line in ("rgb_diff", "dynamic_image", "pwtp", "chance: 12.5%"):
         assert line in res.output
     files = {p.name for p in out.iterdir()}
-    expected = {"results.json", "report.md", "da_frames.png", "curves.png", "alpha.png", "enopr_vs_loss.png",
+    expected = {"results.json", "report.md", "examples.png", "da_frames.png", "curves.png", "alpha.png", "enopr_vs_loss.png",
                 "confusion.png"}
     assert expected <= files, files
     report = (out / "report.md").read_text()

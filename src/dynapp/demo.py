@@ -264,6 +264,25 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
     files = {}
     first = cfg.settings[0]
     res = run["results"]
+    # example frames: one test clip per class (the first test clips all share scene 0)
+    n_show = 6
+    picks = [next(i for i in range(len(test_set)) if test_set.label_and_scene(i)[0] == c)
+             for c in range(cfg.num_classes) if any(test_set.label_and_scene(i)[0] == c for i in range(len(test_set)))]
+    fig, axes = plt.subplots(len(picks), n_show, figsize=(1.3 * n_show, 1.35 * len(picks)), squeeze=False)
+    for r, j in enumerate(picks):
+        clip = test_set.render(j)
+        times = [round(t) for t in torch.linspace(0, len(clip.frames) - 1, n_show).tolist()]
+        for c, t in enumerate(times):
+            axes[r, c].imshow(clip.frames[t])
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(f"frame {t}", fontsize=7)
+        axes[r, 0].set_ylabel(test_set.classes[clip.label], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "examples.png", dpi=100)
+    plt.close(fig)
+    files["examples"] = "examples.png"
     # Fig. 4 style: frame average beside dynamic appearance, and the static-leakage map
     if "pwtp" in cfg.inputs:
         model = res[first]["pwtp"]["_model"].eval()
@@ -464,7 +483,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         f"Wall time {payload['wall_s']:.0f} s on {payload['machine']}, torch {payload['torch']}, "
         f"{payload['threads']} thread(s).", "",
     ]
-    titles = {"da_frames": "Frame average, dynamic appearance and static leakage (first segment, one test clip per class)",
+    titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance and static leakage (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
               "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)"}
     for key, f in figures.items():
