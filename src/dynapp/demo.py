@@ -156,7 +156,8 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
     else:  # rgb_diff: every channel is x[t+1] - x[t], weights (-1, +1)
         return {"static_share": 0.0, "weight_sum": 0.0}
     share, wsum = float(out.static_share.mean()), float(out.weight_sum.mean())
-    return {"static_share": share if abs(share) > 1e-9 else 0.0, "weight_sum": wsum if abs(wsum) > 1e-9 else 0.0}
+    # float32 round-off of weights that sum to 0 exactly: print 0, not -0.0000
+    return {"static_share": share if abs(share) > 1e-6 else 0.0, "weight_sum": wsum if abs(wsum) > 1e-6 else 0.0}
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
