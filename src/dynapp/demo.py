@@ -348,6 +348,7 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
         fig.colorbar(sc, ax=a, label="step")
         a.set_xlabel("recognition loss")
         a.set_ylabel("ENoPR")
+        a.set_yscale("log")  # ENoPR falls by orders of magnitude in the first steps
         a.set_title("ENoPR vs recognition loss per step (Fig. 3 style)", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / "enopr_vs_loss.png", dpi=110)
