@@ -70,3 +70,15 @@ def test_demo_study_joint_runs_every_strategy(tmp_path):
     enopr = {r["strategy"]: r["enopr"] for r in rows}
     assert enopr["constant 0.9"] < enopr["constant 0.0"]
     assert "## Study: joint" in (out / "report.md").read_text()
+
+
+def test_demo_study_frames_grid(tmp_path):
+    out = tmp_path / "frames"
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--num-train", "32", "--num-test", "16",
+                              "--epochs", "1", "--size", "16", "--inputs", "pwtp", "--study", "frames"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "results.json").read_text())["studies"]["frames"]
+    assert [(r["T"], r["D"], r["S"]) for r in rows] == [(4, 1, 8), (4, 2, 8), (4, 3, 8), (8, 1, 4), (8, 2, 4), (8, 3, 4)]
+    # twice the segments: more backbone FLOPs; a higher rank: more PWTP FLOPs
+    g = {(r["T"], r["D"]): r["gflops"] for r in rows}
+    assert g[(4, 1)] > g[(8, 1)] and g[(8, 3)] > g[(8, 1)]
