@@ -54,6 +54,9 @@ def test_demo_bad_option_is_one_line_error(tmp_path):
     res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--inputs", "rgb,optical"])
     assert res.exit_code == 1
     assert "unknown optical" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--study", "tables"])
+    assert res.exit_code == 1 and "unknown study 'tables'" in res.output
+    assert not (tmp_path / "results.json").exists()  # refused before any training
 
 
 def test_demo_study_joint_runs_every_strategy(tmp_path):

@@ -159,7 +159,7 @@ def precompute_flow_command(
 @app.command()
 def demo(
     out: str = typer.Option("runs/demo", "--out", help="report folder (results.json, report.md, figures)"),
-    quick: bool = typer.Option(False, "--quick", help="tiny sizes, about a minute (smoke use)"),
+    quick: bool = typer.Option(False, "--quick", help="tiny sizes, seconds (smoke use; accuracies mean nothing)"),
     seeds: int = typer.Option(1, "--seeds", help="repeat with seeds seed..seed+N-1; mean and spread"),
     seed: int = typer.Option(0, "--seed", help="first seed (data and weights)"),
     study: str = typer.Option(None, "--study", help="also run 'joint' (Table 5) or 'frames' (Table 4b) on PWTP"),

@@ -413,6 +413,8 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
     echo = echo or (lambda line: print(line, flush=True))
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if study not in (None, "joint", "frames"):
+        raise ValueError(f"unknown study {study!r}; choose joint or frames")
     unknown = set(cfg.inputs) - set(INPUTS)
     if unknown:
         raise ValueError(f"unknown inputs {sorted(unknown)}; choose from {', '.join(INPUTS)}")
