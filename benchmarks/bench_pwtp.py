@@ -25,9 +25,10 @@ medians; the whole of it is the ``naive`` row against the ``eager`` row of the t
   from about 75 ms to about 57 ms.
 * Bilinear upsampling as two matrix products: the same numbers as F.interpolate; forward +
   backward 5.1 ms instead of 13.5 ms (PyTorch's CPU upsample backward is a scatter).
-* The Gram features of Eq. 3 and A^T A for D > 1 as short loops of elementwise products, with a
-  single-buffer backward: einsum turned them into batched matmuls of thousands of 8 x 24
-  matrices (about 17 ms of a 60 ms step).
+* The Gram features of Eq. 3 and A^T A for D > 1 as short loops of elementwise products:
+  einsum turned them into batched matmuls of thousands of 8 x 24 matrices (about 17 ms of a
+  60 ms step).  The Gram backward goes through one symmetric T x T matrix per position
+  (3.0 ms forward + backward, against 7.5 ms with a per-pair backward and 12.6 ms with bmm).
 * torch.compile (``--compile``) is reported as a separate row: on this CPU it took forward from
   about 3.0x to 2.4x the floor and forward + backward from about 9x to 6x, after ~20 s of
   compilation; it is not the default.
@@ -36,7 +37,8 @@ What is left (forward, D = 1, about 19 ms against a 6-7 ms floor): conv F 5 ms, 
 2 ms, a.x 2 ms, sum_t x 1 ms, ||x||^2 0.7 ms, Gram features and MLP 2.5 ms, per-pixel
 arithmetic and allocation (page faults) the rest.  Every pass over a clip- or frame-sized
 tensor runs at memory bandwidth here (about 0.5-1 ms each), which is why the 1.5x / 4x targets
-of the issue are not reached on this machine; see the README for the measured ratios.
+of the issue are not reached on this machine (forward 2.8-3.6x, forward + backward 6.1-8.6x over
+four quiet runs); see the README for the table.
 
 The ``naive`` row (:class:`NaivePWTP`, same weights) is the straightforward version, timed in
 the same process, so the table shows what the optimisations bought together.
