@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class DataConfig:
     sampling: str = "tsn"  # "tsn" (sparse, SS V1/UCF/HMDB) or "dense" (Kinetics)
     crop_size: int = 160
     num_classes: int = 0  # 0: take it from the dataset
-    num_workers: int = 4
+    # DataLoader workers; at most the machine's cores (more only warns and slows a small machine)
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     num_samples: int = 64  # only for dataset "random": number of videos
     dataset_kwargs: dict = field(default_factory=dict)  # passed to build_dataset as is
 
