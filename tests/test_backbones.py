@@ -16,15 +16,6 @@ from dynapp.backbones.x3d import X3D, round_width
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One intra-op thread: on a loaded shared CPU, OpenMP barriers across threads stall badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -11,15 +11,6 @@ from dynapp.cli import app
 from dynapp.flops import PAPER_MODELS, FlopsReport, count_macs, count_params, format_table, model_flops
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One intra-op thread: on a loaded shared CPU, OpenMP barriers across threads stall badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _close(value, published, tol=0.05):
     return abs(value - published) / published < tol
 

@@ -22,15 +22,6 @@ REP_KWARGS = {"flow_tvl1": dict(nscales=1, warps=1, innnerIterations=5, outerIte
 S, T, SIZE, K = 2, 3, 32, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One intra-op thread: on a loaded shared CPU, OpenMP barriers across threads stall badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _clip(n=2, seed=0):
     return torch.randn(n, 3, S * T, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
