@@ -69,21 +69,13 @@ def model_flops(
     The configuration is the one :func:`dynapp.model.build_model` builds from the same
     arguments.  The backbone and classifier are built and run on the meta device.
     """
-    from dynapp.backbones import BACKBONES, BACKBONES_3D, build_backbone
-    from dynapp.representations import build_representation
+    from dynapp.backbones import build_backbone
+    from dynapp.model import representation_for
 
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     if crop < 1 or segments < 1 or frames < 1:
         raise ValueError(f"segments, frames and crop must be positive, got {segments}, {frames}, {crop}")
-    rep = build_representation(
-        representation,
-        segments=segments,
-        frames=frames,
-        in_channels=in_channels,
-        all_frames=backbone in BACKBONES_3D,
-        **(representation_kwargs or {}),
-    ).eval()
+    rep = representation_for(representation, backbone, segments=segments, frames=frames,
+                             in_channels=in_channels, representation_kwargs=representation_kwargs).eval()
     out_shape = (1, rep.out_channels, rep.out_frames, crop, crop)  # every representation keeps H x W
     rep_gflops = None
     if not representation.startswith("flow"):

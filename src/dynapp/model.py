@@ -50,6 +50,36 @@ class VideoClassifier(nn.Module):
         return ModelOutput(logits.mean(dim=1), rep.aux_loss)
 
 
+def representation_for(
+    representation: str,
+    backbone: str,
+    *,
+    segments: int,
+    frames: int,
+    in_channels: int = 3,
+    representation_kwargs: dict | None = None,
+) -> nn.Module:
+    """The representation module ``build_model`` puts in front of ``backbone`` (names checked).
+
+    With a 3D backbone (X3D, small3d) the ``rgb`` representation passes all S*T frames.
+    """
+    from dynapp.backbones import BACKBONES, BACKBONES_3D
+    from dynapp.representations import REPRESENTATIONS, build_representation
+
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    return build_representation(
+        representation,
+        segments=segments,
+        frames=frames,
+        in_channels=in_channels,
+        all_frames=backbone in BACKBONES_3D,
+        **(representation_kwargs or {}),
+    )
+
+
 def build_model(
     *,
     representation: str,
@@ -71,21 +101,10 @@ def build_model(
     to :func:`dynapp.backbones.build_backbone`; its first layer is inflated when the channel
     counts differ.
     """
-    from dynapp.backbones import BACKBONES, BACKBONES_3D, build_backbone
-    from dynapp.representations import REPRESENTATIONS, build_representation
+    from dynapp.backbones import build_backbone
 
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
-    rep = build_representation(
-        representation,
-        segments=segments,
-        frames=frames,
-        in_channels=in_channels,
-        all_frames=backbone in BACKBONES_3D,
-        **(representation_kwargs or {}),
-    )
+    rep = representation_for(representation, backbone, segments=segments, frames=frames,
+                             in_channels=in_channels, representation_kwargs=representation_kwargs)
     net = build_backbone(
         backbone,
         in_channels=rep.out_channels,
