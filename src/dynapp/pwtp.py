@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynapp import pwtp_cpu
+
 __all__ = [
     "PWTP",
     "PWTPOutput",
@@ -499,8 +501,8 @@ class PWTP(nn.Module):
                 f"PWTP expects a clip of shape {expected} (N, C, T, H, W); got {tuple(x.shape)}"
             )
 
-    def hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 2-4: A = Upsample(MLP(u)), shape (N, T, D, H, W)."""
+    def coarse_hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N, T*D, h, w), in float32 or float64."""
         self._check(x)
         N, _, T, H, W = x.shape
         feat = self.conv(x)  # (N, C', T, h, w)
@@ -509,11 +511,28 @@ class PWTP(nn.Module):
         z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*h*w, rP)
         z = self.head(self.blocks(z))  # (N*h*w, T*D)
         z = z.reshape(N, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N, T*D, h, w)
+        return z.to(_working_dtype(x, z))
+
+    def hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 2-4: A = Upsample(MLP(u)), shape (N, T, D, H, W)."""
+        N, _, T, H, W = x.shape
+        z = self.coarse_hyperplanes(x)
         with torch.autocast(x.device.type, enabled=False):
-            A = upsample_bilinear(z.to(_working_dtype(x, z)), (H, W))  # (N, T*D, H, W)
+            A = upsample_bilinear(z, (H, W))  # (N, T*D, H, W)
         return A.reshape(N, T, self.rank, H, W)
 
     def forward(self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False) -> PWTPOutput:
+        self._check(x)
+        if not return_residual and pwtp_cpu.supports(x, self.rank):
+            # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
+            N, _, T, H, W = x.shape
+            z = self.coarse_hyperplanes(x)  # (N, T, h, w)
+            with torch.autocast(x.device.type, enabled=False):
+                dt = z.dtype
+                zr = torch.matmul(_bilinear_matrix(z.shape[-2], H, str(z.device), dt), z)  # (N, T, H, w)
+                eps, _ = _regularisers(dt, None, None)
+                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(x.to(dt), zr, eps, return_static)
+            return PWTPOutput(da, enopr, static)
         A = self.hyperplanes(x)
         da, enopr, static = dynamic_appearance(x, A)
         residual = x.to(A.dtype) - project(x, A) if return_residual else None

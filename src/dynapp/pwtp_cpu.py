@@ -1,0 +1,199 @@
+"""Fused CPU kernel for the rank-one dynamic appearance (the default PWTP, D = 1).
+
+The eager path (:class:`dynapp.pwtp._RankOneDA`) already avoids the clip-sized residual, but
+on a CPU every elementwise PyTorch op is a separate pass over memory: the projection costs
+about a dozen passes over frame- and clip-sized tensors plus the upsampled A (N, T, H, W) and
+its gradient.  ``pwtp_cpu.cpp`` does the same arithmetic in one pass over the clip forward and
+one backward, and upsamples A on the fly (the horizontal half; the vertical half is a small
+matrix product done here), so A at full resolution is never written.
+
+The kernel is plain C++ with a C ABI, compiled with the system compiler (``$CXX`` or ``c++``)
+the first time it is needed (about 2 s) into ``$DYNAPP_CACHE`` (default
+``~/.cache/dynapp``), and called through ctypes, which releases the GIL.  Where there is no
+compiler, or ``DYNAPP_NO_KERNEL=1`` is set, PWTP falls back to the eager path with one
+warning; the two agree to rounding (``tests/test_pwtp_cpu.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "supports", "rank_one_dynamic_appearance", "column_interpolation"]
+
+_SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("DYNAPP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dynapp"
+    )
+    return Path(root) / "kernels"
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernel (once per source, compiler and machine type) and return the .so path."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    lib = out_dir / f"pwtp_cpu-{key}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Compile to a private name, then rename: concurrent processes (DDP ranks) never see half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["compiler failed"])
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        fwd = getattr(lib, f"dynapp_da1_forward_{suffix}")
+        fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        fwd.restype = None
+        bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
+        bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        bwd.restype = None
+    lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
+    if lib.dynapp_pwtp_abi_version() != 1:
+        raise RuntimeError("stale kernel library")
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernel, compiling it on first use; None (and one warning) where it cannot be built."""
+    if "lib" in _state:
+        return _state["lib"]
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        lib = None
+        if os.environ.get("DYNAPP_NO_KERNEL", "") not in ("", "0"):
+            pass
+        else:
+            compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+            try:
+                if not compiler:
+                    raise RuntimeError("no C++ compiler found (set CXX)")
+                lib = _declare(ctypes.CDLL(str(_build(compiler))))
+            except Exception as e:  # noqa: BLE001 - any failure means: use the eager path
+                warnings.warn(f"dynapp: fused PWTP CPU kernel unavailable, using the eager path ({e})", stacklevel=3)
+                lib = None
+        _state["lib"] = lib
+        return lib
+
+
+def available() -> bool:
+    """True if the fused CPU kernel is built and loaded (builds it on first call)."""
+    return _library() is not None
+
+
+def supports(x: torch.Tensor, rank: int) -> bool:
+    """Whether :func:`rank_one_dynamic_appearance` can take this clip (else use the eager path)."""
+    return (
+        rank == 1
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not x.requires_grad
+        and available()
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def column_interpolation(n_in: int, n_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1-D bilinear interpolation (align_corners=False) as (j0, j1, mu): out[X] = (1-mu) in[j0] + mu in[j1]."""
+    dst = torch.arange(n_out, dtype=torch.float64)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    j0 = src.floor().long().clamp_max(n_in - 1)
+    j1 = (j0 + 1).clamp_max(n_in - 1)
+    mu = (src - j0).to(dtype)
+    return j0.to(torch.int32), j1.to(torch.int32), mu
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+class _FusedRankOneDA(torch.autograd.Function):
+    """(x, zr) -> (da, enopr[, static]) with the fused kernel; zr = U_h z is A upsampled vertically only."""
+
+    @staticmethod
+    def forward(ctx, x, zr, eps, need_static):
+        # x: (N, C, T, H, W) contiguous; zr: (N, T, H, w) contiguous, same dtype.
+        lib = _library()
+        N, C, T, H, W = x.shape
+        w = zr.shape[-1]
+        j0, j1, mu = column_interpolation(w, W, x.dtype)
+        da = x.new_empty(N, C, H, W)
+        static = x.new_empty(N, C, H, W) if need_static else None
+        y = x.new_empty(N, C, H, W) if zr.requires_grad else None
+        xx = torch.empty(N * H, dtype=torch.float64)
+        ex = torch.empty(N * H, dtype=torch.float64)
+        fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
+        fn(x.data_ptr(), zr.data_ptr(), j0.data_ptr(), j1.data_ptr(), mu.data_ptr(), N, C, T, H, W, w, eps,
+           da.data_ptr(), _ptr(static), _ptr(y), xx.data_ptr(), ex.data_ptr(), torch.get_num_threads())
+        res_sq = xx.view(N, H).sum(1) - ex.view(N, H).sum(1)
+        positive = res_sq > 0
+        enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
+        ctx.save_for_backward(x, zr, y, positive)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)
+        return (da, enopr, static) if need_static else (da, enopr)
+
+    @staticmethod
+    def backward(ctx, g_da, g_enopr, g_static=None):
+        x, zr, y, positive = ctx.saved_tensors
+        N, C, T, H, W = x.shape
+        w = zr.shape[-1]
+        j0, j1, mu = column_interpolation(w, W, x.dtype)
+        g_da = x.new_zeros(N, C, H, W) if g_da is None else g_da.contiguous()
+        g_static = None if g_static is None else g_static.contiguous()
+        if g_enopr is None:
+            g_expl = x.new_zeros(N)
+        else:  # d enopr / d explained = -1 / (CHW) where the residual is positive (clamped otherwise)
+            g_expl = (-g_enopr * positive / (C * H * W)).to(x.dtype).contiguous()
+        g_zr = torch.empty_like(zr)
+        lib = _library()
+        fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
+        fn(x.data_ptr(), zr.data_ptr(), j0.data_ptr(), j1.data_ptr(), mu.data_ptr(), N, C, T, H, W, w, ctx.eps,
+           y.data_ptr(), g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zr.data_ptr(), torch.get_num_threads())
+        return None, g_zr, None, None
+
+
+def rank_one_dynamic_appearance(
+    x: torch.Tensor, zr: torch.Tensor, eps: float, need_static: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
+
+    x: (N, C, T, H, W) clip (not requiring grad); zr: (N, T, H, w) the hyperplanes upsampled
+    vertically (``U_h @ z``), of x's dtype.  A is ``zr`` interpolated bilinearly along the last
+    axis to W (align_corners=False).  Returns ``(da, enopr, static or None)``, equal to
+    :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.
+    """
+    if x.dim() != 5 or zr.dim() != 4 or zr.shape[:3] != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(f"expected x (N, C, T, H, W) and zr (N, T, H, w); got {tuple(x.shape)} and {tuple(zr.shape)}")
+    out = _FusedRankOneDA.apply(x.contiguous(), zr.to(x.dtype).contiguous(), float(eps), need_static)
+    return (out[0], out[1], out[2] if need_static else None)
