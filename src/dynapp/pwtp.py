@@ -529,9 +529,9 @@ class PWTP(nn.Module):
             z = self.coarse_hyperplanes(x)  # (N, T, h, w)
             with torch.autocast(x.device.type, enabled=False):
                 dt = z.dtype
-                zr = torch.matmul(_bilinear_matrix(z.shape[-2], H, str(z.device), dt), z)  # (N, T, H, w)
+                zc = torch.matmul(z, _bilinear_matrix(z.shape[-1], W, str(z.device), dt).t())  # (N, T, h, W)
                 eps, _ = _regularisers(dt, None, None)
-                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(x.to(dt), zr, eps, return_static)
+                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(x.to(dt), zc, eps, return_static)
             return PWTPOutput(da, enopr, static)
         A = self.hyperplanes(x)
         da, enopr, static = dynamic_appearance(x, A)

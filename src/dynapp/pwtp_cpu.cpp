@@ -1,118 +1,105 @@
 // Fused CPU kernels of the rank-one (D = 1) dynamic appearance, for dynapp/pwtp_cpu.py.
 //
-// Plain C ABI (called through ctypes, no Python or torch headers, so it builds in about a
-// second with the system compiler).  One call does the whole per-pixel arithmetic of
-// dynapp.pwtp._RankOneDA in a single pass over the clip, with the horizontal half of the
-// bilinear upsampling of A done on the fly, so neither A (N, T, H, W) nor any clip-sized
-// temporary is ever written:
+// Plain C ABI (called through ctypes, no Python or torch headers, so it builds in about two
+// seconds with the system compiler).  One call does the whole per-pixel arithmetic of
+// dynapp.pwtp._RankOneDA in a single pass over the clip, with the vertical half of the bilinear
+// upsampling of A done on the fly, so neither A (N, T, H, W) nor any clip-sized temporary is
+// ever written:
 //
-//   forward:  a_t   = (1 - mu) zr[t, j0] + mu zr[t, j1]   (zr = U_h z, the vertically upsampled A)
-//             B_c   = sum_t a_t x_ct,  S_c = sum_t x_ct,  aa = sum_t a_t^2,  m = mean_t a_t
-//             y_c   = B_c / (aa + eps),  static_c = m y_c,  da_c = S_c / T - static_c
-//             per row: sum x^2 and sum_c y_c^2 (aa + 2 eps), in double (ENoPR)
-//   backward: grad_a_t = sum_c gB_c x_ct + 2 a_t g_aa + yu / T, scattered back onto zr
-//             (the formulas of _RankOneDA.backward).
+//   forward:  a_t  = (1 - lam) zc[t, i0] + lam zc[t, i1]   (zc = z U_w^T: A upsampled along W only)
+//             B_c  = sum_t a_t x_ct,  S_c = sum_t x_ct,  aa = sum_t a_t^2,  m = mean_t a_t
+//             y_c  = B_c / (aa + eps),  da_c = S_c / T - m y_c  (static_c = m y_c)
+//             per image row: sum x^2 and sum_c y_c^2 (aa + 2 eps), in double (for ENoPR)
+//   backward: u_c = g_static_c - g_da_c,  gB_c = (m u_c + 2 ge (aa + 2 eps) y_c) / (aa + eps),
+//             g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps),
+//             grad_a_t = sum_c gB_c x_ct + 2 a_t g_aa + yu / T, accumulated back onto zc
+//             (the formulas of _RankOneDA.backward; ge = d loss / d explained).
 //
-// Work is split over image rows (n, h); every row writes only its own outputs, so the result
-// does not depend on the number of threads.
+// Work is split into units of R consecutive image rows of one sample, R * W values per stream.
+// Each unit writes only its own rows of the outputs, except the gradient of zc, where nearby
+// units may share a low-resolution row: the backward runs the units in p phases (u mod p) such
+// that no two units of a phase share one.  The result does not depend on the number of threads.
 
 #include <cstdint>
-#include <thread>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 namespace {
 
+// Calls body(k0, k1) on contiguous ranges of [0, count), one per thread.  Compiled with
+// -fopenmp, this runs on the OpenMP pool already loaded by PyTorch (torch/lib/libgomp.so.1 has
+// the soname the kernel asks for), so PyTorch's threads, which spin for a while after each op,
+// do the work (a separate std::thread pool beside them ran 2x slower).
 template <typename F>
-void run_rows(int64_t rows, int threads, F body) {
+void parallel_ranges(int64_t count, int threads, F body) {
     if (threads < 1) threads = 1;
-    if (threads > rows) threads = static_cast<int>(rows);
-    if (threads <= 1) {
-        body(0, rows);
+    if (threads > count) threads = static_cast<int>(count);
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        {
+            const int64_t k = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int64_t k0 = count * k / nt, k1 = count * (k + 1) / nt;
+            if (k0 < k1) body(k0, k1);
+        }
         return;
     }
-    std::vector<std::thread> pool;
-    int64_t step = (rows + threads - 1) / threads;
-    for (int k = 1; k < threads; ++k) {
-        int64_t r0 = k * step, r1 = r0 + step < rows ? r0 + step : rows;
-        if (r0 < r1) pool.emplace_back(body, r0, r1);
-    }
-    body(0, step < rows ? step : rows);
-    for (auto& th : pool) th.join();
+#endif
+    if (count > 0) body(0, count);
 }
 
-// The columns X of a row with the same source pair (j0, j1) form runs (j0 is non-decreasing):
-// interpolating run by run turns the gathers into broadcasts, which vectorise.
-struct Runs {
-    std::vector<int64_t> start;  // run r covers X in [start[r], start[r + 1])
-    std::vector<int32_t> j0, j1;
-    Runs(const int32_t* c0, const int32_t* c1, int64_t W) {
-        for (int64_t X = 0; X < W; ++X)
-            if (X == 0 || c0[X] != c0[X - 1] || c1[X] != c1[X - 1]) {
-                start.push_back(X);
-                j0.push_back(c0[X]);
-                j1.push_back(c1[X]);
-            }
-        start.push_back(W);
-    }
-    int64_t size() const { return static_cast<int64_t>(j0.size()); }
-};
-
-// a[X] = (1 - mu[X]) zr[j0[X]] + mu[X] zr[j1[X]] for one row.
-template <typename T>
-inline void interp_row(const T* __restrict zr, const Runs& runs, const T* __restrict mu, T* __restrict a) {
-    for (int64_t r = 0; r < runs.size(); ++r) {
-        const T z0 = zr[runs.j0[r]], dz = zr[runs.j1[r]] - z0;
-        for (int64_t X = runs.start[r]; X < runs.start[r + 1]; ++X) a[X] = z0 + mu[X] * dz;
-    }
-}
-
-// The transpose: g_zr[j0] += (1 - mu) g_a, g_zr[j1] += mu g_a, summed run by run.
-template <typename T>
-inline void scatter_row(const T* __restrict ga, const Runs& runs, const T* __restrict mu, int64_t w,
-                        T* __restrict gz) {
-    for (int64_t j = 0; j < w; ++j) gz[j] = T(0);
-    for (int64_t r = 0; r < runs.size(); ++r) {
-        T s0 = T(0), s1 = T(0);
-        for (int64_t X = runs.start[r]; X < runs.start[r + 1]; ++X) {
-            s1 += mu[X] * ga[X];
-            s0 += ga[X];
-        }
-        gz[runs.j0[r]] += s0 - s1;
-        gz[runs.j1[r]] += s1;
-    }
-}
-
-template <typename T>
-struct Shape {
-    int64_t N, C, T_, H, W, w;
-    int64_t R;  // image rows per work unit: the clip is read in spans of R * W contiguous values
+struct Geometry {
+    int64_t N, C, T, H, W, h;
+    const int32_t* i0;  // (H,) the two low-resolution rows of image row H and the weight of the second
+    const int32_t* i1;
+    int64_t R;  // image rows per unit
     int64_t blocks() const { return (H + R - 1) / R; }
+    int64_t units() const { return N * blocks(); }
+    // The smallest p >= 2 such that units u and u + p of a sample touch disjoint low-resolution
+    // rows, so that units of one residue mod p can accumulate into grad zc in parallel; 0 if none
+    // up to 8.
+    int64_t phases() const {
+        for (int64_t p = 2; p <= 8; ++p) {
+            bool ok = true;
+            for (int64_t b = 0; ok && b + p < blocks(); ++b) ok = i1[b * R + R - 1] < i0[(b + p) * R];
+            if (ok) return p;
+        }
+        return 0;
+    }
 };
 
-// Rows per work unit: long contiguous spans keep the hardware prefetchers busy (one row of 224
-// values per stream was 2x slower), while the per-unit scratch stays in the L2 cache.
+// Rows per unit: long contiguous spans keep the hardware prefetchers busy (one row of 224 values
+// per stream was 2x slower), while the unit's scratch stays in the L2 cache.
 inline int64_t rows_per_unit(int64_t H, int64_t W) {
     int64_t R = 2048 / (W > 0 ? W : 1);
     return R < 1 ? 1 : (R > H ? H : R);
 }
 
-// A for one unit: a[t, r * W + X] for the R rows starting at image row h0, plus aa = sum_t a^2
-// and m = mean_t a.
+// A of one unit: a[t, r * W + X] for its rows, plus aa = sum_t a^2 and m = mean_t a.
 template <typename T>
-inline void unit_hyperplanes(const T* __restrict zr, const Runs& runs, const T* __restrict mu, const Shape<T>& s,
-                             int64_t n, int64_t h0, int64_t rows, int64_t L, T* __restrict a, T* __restrict aa,
+inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, const Geometry& g, int64_t n,
+                             int64_t h0, int64_t rows, int64_t L, T* __restrict a, T* __restrict aa,
                              T* __restrict m) {
+    const int64_t W = g.W;
     for (int64_t X = 0; X < L; ++X) aa[X] = m[X] = T(0);
-    for (int64_t t = 0; t < s.T_; ++t) {
+    for (int64_t t = 0; t < g.T; ++t) {
         T* __restrict at = a + t * L;
-        for (int64_t r = 0; r < rows; ++r)
-            interp_row(zr + ((n * s.T_ + t) * s.H + h0 + r) * s.w, runs, mu, at + r * s.W);
+        const T* zt = zc + (n * g.T + t) * g.h * W;
+        for (int64_t r = 0; r < rows; ++r) {
+            const T* __restrict z0 = zt + g.i0[h0 + r] * W;
+            const T* __restrict z1 = zt + g.i1[h0 + r] * W;
+            const T l = lam[h0 + r];
+            T* __restrict ar = at + r * W;
+            for (int64_t X = 0; X < W; ++X) ar[X] = z0[X] + l * (z1[X] - z0[X]);
+        }
         for (int64_t X = 0; X < L; ++X) {
             aa[X] += at[X] * at[X];
             m[X] += at[X];
         }
     }
-    const T invT = T(1) / T(s.T_);
+    const T invT = T(1) / T(g.T);
     for (int64_t X = 0; X < L; ++X) m[X] *= invT;
 }
 
@@ -139,7 +126,7 @@ inline void forward_block(const T* __restrict x, int64_t P, int64_t C, int64_t T
         }
         T* __restrict dc = da + o + c * P;
         for (int k = 0; k < K; ++k) {
-            B[k] *= inv[k];  // now y
+            B[k] *= inv[k];                    // now y
             S[k] = S[k] * invT - m[k] * B[k];  // now da
             dc[k] = S[k];
             ex[k] += B[k] * B[k] * (aa[k] + T(2) * eps);
@@ -156,11 +143,10 @@ inline void forward_block(const T* __restrict x, int64_t P, int64_t C, int64_t T
 }
 
 template <typename T>
-void forward_units(const T* __restrict x, const T* __restrict zr, const int32_t* __restrict j0,
-                                 const int32_t* __restrict j1, const T* __restrict mu, Shape<T> s, T eps,
-                                 T* __restrict da, T* __restrict stat, T* __restrict y, double* __restrict xx_rows,
-                                 double* __restrict expl_rows, int64_t u0, int64_t u1) {
-    const int64_t C = s.C, Tn = s.T_, H = s.H, W = s.W, P = s.H * s.W, Lmax = s.R * s.W;
+void forward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
+                   T* __restrict da, T* __restrict stat, T* __restrict y, double* __restrict xx_rows,
+                   double* __restrict expl_rows, int64_t u0, int64_t u1) {
+    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * g.W;
     std::vector<T> buf((Tn + 5) * Lmax);
     T* a = buf.data();  // (T, L)
     T* aa = a + Tn * Lmax;
@@ -168,11 +154,10 @@ void forward_units(const T* __restrict x, const T* __restrict zr, const int32_t*
     T* m = inv + Lmax;
     T* sq = m + Lmax;
     T* ex = sq + Lmax;
-    const Runs runs(j0, j1, W);
     for (int64_t u = u0; u < u1; ++u) {
-        const int64_t n = u / s.blocks(), h0 = (u % s.blocks()) * s.R;
-        const int64_t rows = h0 + s.R <= H ? s.R : H - h0, L = rows * W;
-        unit_hyperplanes(zr, runs, mu, s, n, h0, rows, L, a, aa, m);
+        const int64_t n = u / g.blocks(), h0 = (u % g.blocks()) * g.R;
+        const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
+        unit_hyperplanes(zc, lam, g, n, h0, rows, L, a, aa, m);
         for (int64_t X = 0; X < L; ++X) inv[X] = T(1) / (aa[X] + eps);
         const T* xu = x + n * C * Tn * P + h0 * W;
         const int64_t o = n * C * P + h0 * W;
@@ -187,7 +172,7 @@ void forward_units(const T* __restrict x, const T* __restrict zr, const int32_t*
             forward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, o + X0, da, stat, y,
                                 sq + X0, ex + X0);
         for (int64_t r = 0; r < rows; ++r) {
-            // Eight independent double partial sums: a single running sum is a serial chain.
+            // Eight independent double partial sums: one running sum is a serial chain.
             double px[8] = {}, pe[8] = {};
             int64_t X = r * W;
             for (; X + 8 <= (r + 1) * W; X += 8)
@@ -210,114 +195,151 @@ void forward_units(const T* __restrict x, const T* __restrict zr, const int32_t*
     }
 }
 
+// K consecutive pixels of one unit: the gradient of A, written over a (a_t is used once per t).
+template <typename T, int K>
+inline void backward_block(const T* __restrict x, int64_t P, int64_t C, int64_t Tn, T* __restrict a, int64_t L,
+                           const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
+                           int64_t o, const T* __restrict y, const T* __restrict g_da, const T* __restrict g_stat,
+                           T* __restrict gB) {
+    const T invT = T(1) / T(Tn);
+    T yu[K] = {}, yy[K] = {}, g_aa[K];
+    for (int64_t c = 0; c < C; ++c) {
+        const T* __restrict yc = y + o + c * P;
+        const T* __restrict gd = g_da + o + c * P;
+        T* __restrict gb = gB + c * K;
+        T u[K];
+        for (int k = 0; k < K; ++k) u[k] = -gd[k];
+        if (g_stat)
+            for (int k = 0; k < K; ++k) u[k] += g_stat[o + c * P + k];
+        for (int k = 0; k < K; ++k) {
+            yu[k] += yc[k] * u[k];
+            yy[k] += yc[k] * yc[k];
+            gb[k] = (m[k] * u[k] + T(2) * ge * (aa[k] + T(2) * eps) * yc[k]) * inv[k];
+        }
+    }
+    for (int k = 0; k < K; ++k) {
+        g_aa[k] = -(m[k] * yu[k] + ge * (aa[k] + T(3) * eps) * yy[k]) * inv[k];
+        yu[k] *= invT;
+    }
+    for (int64_t t = 0; t < Tn; ++t) {
+        T* __restrict at = a + t * L;
+        T acc[K];
+        for (int k = 0; k < K; ++k) acc[k] = yu[k] + T(2) * at[k] * g_aa[k];
+        for (int64_t c = 0; c < C; ++c) {
+            const T* __restrict xr = x + (c * Tn + t) * P;
+            const T* __restrict gb = gB + c * K;
+            for (int k = 0; k < K; ++k) acc[k] += gb[k] * xr[k];
+        }
+        for (int k = 0; k < K; ++k) at[k] = acc[k];
+    }
+}
+
+// Units k * stride + phase for k in [k0, k1).
 template <typename T>
-void backward_units(const T* __restrict x, const T* __restrict zr, const int32_t* __restrict j0,
-                                  const int32_t* __restrict j1, const T* __restrict mu, Shape<T> s, T eps,
-                                  const T* __restrict y, const T* __restrict g_da, const T* __restrict g_stat,
-                                  const T* __restrict g_expl, T* __restrict g_zr, int64_t u0, int64_t u1) {
-    const int64_t C = s.C, Tn = s.T_, H = s.H, W = s.W, P = s.H * s.W, Lmax = s.R * s.W;
-    std::vector<T> buf((Tn + C + 6) * Lmax);
-    T* a = buf.data();  // (T, L)
-    T* gB = a + Tn * Lmax;  // (C, L)
-    T* aa = gB + C * Lmax;
+void backward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
+                    const T* __restrict y, const T* __restrict g_da, const T* __restrict g_stat,
+                    const T* __restrict g_expl, T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0,
+                    int64_t k1) {
+    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * g.W;
+    std::vector<T> buf((Tn + 3) * Lmax + 64 * C);
+    T* a = buf.data();  // (T, L): A, then its gradient
+    T* aa = a + Tn * Lmax;
     T* m = aa + Lmax;
     T* inv = m + Lmax;
-    T* yu = inv + Lmax;
-    T* yy = yu + Lmax;
-    T* ga = yy + Lmax;
-    const T invT = T(1) / T(Tn);
-    const Runs runs(j0, j1, W);
-    for (int64_t u = u0; u < u1; ++u) {
-        const int64_t n = u / s.blocks(), h0 = (u % s.blocks()) * s.R;
-        const int64_t rows = h0 + s.R <= H ? s.R : H - h0, L = rows * W;
+    T* gB = inv + Lmax;  // (C, K) scratch of one block
+    for (int64_t k = k0; k < k1; ++k) {
+        const int64_t u = k * stride + phase;
+        const int64_t n = u / g.blocks(), h0 = (u % g.blocks()) * g.R;
+        const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
         const T ge = g_expl[n];
-        unit_hyperplanes(zr, runs, mu, s, n, h0, rows, L, a, aa, m);
-        for (int64_t X = 0; X < L; ++X) {
-            inv[X] = T(1) / (aa[X] + eps);
-            yu[X] = yy[X] = T(0);
-        }
-        // u = g_static - g_da; gB = (m u + 2 ge (aa + 2 eps) y) / (aa + eps)
-        for (int64_t c = 0; c < C; ++c) {
-            const int64_t o = (n * C + c) * P + h0 * W;
-            T* __restrict gb = gB + c * L;
-            for (int64_t X = 0; X < L; ++X) {
-                T uc = (g_stat ? g_stat[o + X] : T(0)) - g_da[o + X];
-                T yc = y[o + X];
-                yu[X] += yc * uc;
-                yy[X] += yc * yc;
-                gb[X] = (m[X] * uc + T(2) * ge * (aa[X] + T(2) * eps) * yc) * inv[X];
-            }
-        }
-        // g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps), kept in yy; yu / T kept in yu.
-        for (int64_t X = 0; X < L; ++X) {
-            yy[X] = -(m[X] * yu[X] + ge * (aa[X] + T(3) * eps) * yy[X]) * inv[X];
-            yu[X] *= invT;
-        }
+        unit_hyperplanes(zc, lam, g, n, h0, rows, L, a, aa, m);
+        for (int64_t X = 0; X < L; ++X) inv[X] = T(1) / (aa[X] + eps);
+        const T* xu = x + n * C * Tn * P + h0 * W;
+        const int64_t o = n * C * P + h0 * W;
+        int64_t X0 = 0;
+        for (; X0 + 64 <= L; X0 += 64)
+            backward_block<T, 64>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
+                                  g_stat, gB);
+        for (; X0 + 16 <= L; X0 += 16)
+            backward_block<T, 16>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
+                                  g_stat, gB);
+        for (; X0 < L; ++X0)
+            backward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
+                                 g_stat, gB);
+        // The transpose of the vertical interpolation: rows of grad A onto rows of grad zc.
         for (int64_t t = 0; t < Tn; ++t) {
-            const T* __restrict at = a + t * L;
-            for (int64_t X = 0; X < L; ++X) ga[X] = yu[X] + T(2) * at[X] * yy[X];
-            for (int64_t c = 0; c < C; ++c) {
-                const T* __restrict xr = x + ((n * C + c) * Tn + t) * P + h0 * W;
-                const T* __restrict gb = gB + c * L;
-                for (int64_t X = 0; X < L; ++X) ga[X] += gb[X] * xr[X];
+            T* gt = g_zc + (n * Tn + t) * g.h * W;
+            for (int64_t r = 0; r < rows; ++r) {
+                const T* __restrict ga = a + t * L + r * W;
+                T* __restrict gz0 = gt + g.i0[h0 + r] * W;
+                const T l = lam[h0 + r];
+                for (int64_t X = 0; X < W; ++X) gz0[X] += (T(1) - l) * ga[X];
+                T* __restrict gz1 = gt + g.i1[h0 + r] * W;
+                for (int64_t X = 0; X < W; ++X) gz1[X] += l * ga[X];
             }
-            for (int64_t r = 0; r < rows; ++r)
-                scatter_row(ga + r * W, runs, mu, s.w, g_zr + ((n * Tn + t) * H + h0 + r) * s.w);
         }
     }
 }
 
 template <typename T>
-void forward(const T* x, const T* zr, const int32_t* j0, const int32_t* j1, const T* mu, int64_t N, int64_t C,
-             int64_t Tn, int64_t H, int64_t W, int64_t w, T eps, T* da, T* stat, T* y, double* xx_rows,
+void forward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
+             int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* xx_rows,
              double* expl_rows, int threads) {
-    Shape<T> s{N, C, Tn, H, W, w, rows_per_unit(H, W)};
-    run_rows(N * s.blocks(), threads, [&](int64_t r0, int64_t r1) {
-        forward_units<T>(x, zr, j0, j1, mu, s, eps, da, stat, y, xx_rows, expl_rows, r0, r1);
+    const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
+    parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
+        forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows, expl_rows, u0, u1);
     });
 }
 
+// g_zc must be zero on entry; it is accumulated into.
 template <typename T>
-void backward(const T* x, const T* zr, const int32_t* j0, const int32_t* j1, const T* mu, int64_t N, int64_t C,
-              int64_t Tn, int64_t H, int64_t W, int64_t w, T eps, const T* y, const T* g_da, const T* g_stat,
-              const T* g_expl, T* g_zr, int threads) {
-    Shape<T> s{N, C, Tn, H, W, w, rows_per_unit(H, W)};
-    run_rows(N * s.blocks(), threads, [&](int64_t r0, int64_t r1) {
-        backward_units<T>(x, zr, j0, j1, mu, s, eps, y, g_da, g_stat, g_expl, g_zr, r0, r1);
-    });
+void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
+              int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* y, const T* g_da, const T* g_stat,
+              const T* g_expl, T* g_zc, int threads) {
+    const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
+    // The phase order is kept with one thread too, so the rounding does not depend on threads.
+    const int64_t units = g.units(), p = g.phases();
+    if (p == 0) {
+        backward_units<T>(x, zc, lam, g, eps, y, g_da, g_stat, g_expl, g_zc, 1, 0, 0, units);
+        return;
+    }
+    for (int64_t phase = 0; phase < p; ++phase)
+        parallel_ranges((units - phase + p - 1) / p, threads, [&](int64_t k0, int64_t k1) {
+            backward_units<T>(x, zc, lam, g, eps, y, g_da, g_stat, g_expl, g_zc, p, phase, k0, k1);
+        });
 }
 
 }  // namespace
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 1; }
+int dynapp_pwtp_abi_version() { return 2; }
 
-void dynapp_da1_forward_f32(const float* x, const float* zr, const int32_t* j0, const int32_t* j1, const float* mu,
-                            int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t w, float eps, float* da,
+void dynapp_da1_forward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
+                            int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da,
                             float* stat, float* y, double* xx_rows, double* expl_rows, int threads) {
-    forward<float>(x, zr, j0, j1, mu, N, C, T, H, W, w, eps, da, stat, y, xx_rows, expl_rows, threads);
+    forward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, xx_rows, expl_rows, threads);
 }
 
-void dynapp_da1_forward_f64(const double* x, const double* zr, const int32_t* j0, const int32_t* j1,
-                            const double* mu, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t w,
+void dynapp_da1_forward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
+                            const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
                             double eps, double* da, double* stat, double* y, double* xx_rows, double* expl_rows,
                             int threads) {
-    forward<double>(x, zr, j0, j1, mu, N, C, T, H, W, w, eps, da, stat, y, xx_rows, expl_rows, threads);
+    forward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, xx_rows, expl_rows, threads);
 }
 
-void dynapp_da1_backward_f32(const float* x, const float* zr, const int32_t* j0, const int32_t* j1, const float* mu,
-                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t w, float eps,
+void dynapp_da1_backward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
+                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps,
                              const float* y, const float* g_da, const float* g_stat, const float* g_expl,
-                             float* g_zr, int threads) {
-    backward<float>(x, zr, j0, j1, mu, N, C, T, H, W, w, eps, y, g_da, g_stat, g_expl, g_zr, threads);
+                             float* g_zc, int threads) {
+    backward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, y, g_da, g_stat, g_expl, g_zc, threads);
 }
 
-void dynapp_da1_backward_f64(const double* x, const double* zr, const int32_t* j0, const int32_t* j1,
-                             const double* mu, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t w,
+void dynapp_da1_backward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
+                             const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
                              double eps, const double* y, const double* g_da, const double* g_stat,
-                             const double* g_expl, double* g_zr, int threads) {
-    backward<double>(x, zr, j0, j1, mu, N, C, T, H, W, w, eps, y, g_da, g_stat, g_expl, g_zr, threads);
+                             const double* g_expl, double* g_zc, int threads) {
+    backward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, y, g_da, g_stat, g_expl, g_zc, threads);
 }
 
 }  // extern "C"

@@ -4,7 +4,7 @@ The eager path (:class:`dynapp.pwtp._RankOneDA`) already avoids the clip-sized r
 on a CPU every elementwise PyTorch op is a separate pass over memory: the projection costs
 about a dozen passes over frame- and clip-sized tensors plus the upsampled A (N, T, H, W) and
 its gradient.  ``pwtp_cpu.cpp`` does the same arithmetic in one pass over the clip forward and
-one backward, and upsamples A on the fly (the horizontal half; the vertical half is a small
+one backward, and upsamples A on the fly (the vertical half; the horizontal half is a small
 matrix product done here), so A at full resolution is never written.
 
 The kernel is plain C++ with a C ABI, compiled with the system compiler (``$CXX`` or ``c++``)
@@ -30,10 +30,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "supports", "rank_one_dynamic_appearance", "column_interpolation"]
+__all__ = ["available", "supports", "rank_one_dynamic_appearance", "linear_interpolation"]
 
 _SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
-_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+# -march=native: the library is built on the machine that runs it, and its file name carries the
+# CPU's identity (below), so a shared cache directory never hands it to a different CPU.
+# -fopenmp: run on PyTorch's own OpenMP pool (see run_units in the .cpp); retried without it.
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+_OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -45,10 +49,28 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.platform() + platform.processor()
+
+
+def _compile(compiler: str, flags: list[str], out: str) -> None:
+    proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", out], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout or "compiler failed").strip().splitlines()
+        raise RuntimeError(lines[0] if lines else "compiler failed")
+
+
 def _build(compiler: str) -> Path:
-    """Compile the kernel (once per source, compiler and machine type) and return the .so path."""
+    """Compile the kernel (once per source, compiler and CPU) and return the .so path."""
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    ident = " ".join([compiler, *_FLAGS, *_OPENMP, platform.machine(), _cpu_identity()])
+    key = hashlib.sha256(source + ident.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     lib = out_dir / f"pwtp_cpu-{key}.so"
     if lib.exists():
@@ -58,9 +80,10 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["compiler failed"])
+        try:
+            _compile(compiler, _FLAGS + _OPENMP, tmp)
+        except RuntimeError:  # e.g. a compiler without OpenMP: single-threaded kernel
+            _compile(compiler, _FLAGS, tmp)
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -78,7 +101,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
         bwd.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 1:
+    if lib.dynapp_pwtp_abi_version() != 2:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -123,14 +146,18 @@ def supports(x: torch.Tensor, rank: int) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def column_interpolation(n_in: int, n_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """1-D bilinear interpolation (align_corners=False) as (j0, j1, mu): out[X] = (1-mu) in[j0] + mu in[j1]."""
+def linear_interpolation(n_in: int, n_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1-D linear interpolation, align_corners=False (PyTorch's rule), as index pairs and weights.
+
+    Returns (i0, i1, lam) of length n_out with ``out[k] = (1 - lam[k]) in[i0[k]] + lam[k] in[i1[k]]``,
+    the same rule as :func:`dynapp.pwtp._bilinear_matrix`.
+    """
     dst = torch.arange(n_out, dtype=torch.float64)
     src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
-    j0 = src.floor().long().clamp_max(n_in - 1)
-    j1 = (j0 + 1).clamp_max(n_in - 1)
-    mu = (src - j0).to(dtype)
-    return j0.to(torch.int32), j1.to(torch.int32), mu
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    lam = (src - i0).to(dtype)
+    return i0.to(torch.int32), i1.to(torch.int32), lam
 
 
 def _ptr(t: torch.Tensor | None):
@@ -138,62 +165,62 @@ def _ptr(t: torch.Tensor | None):
 
 
 class _FusedRankOneDA(torch.autograd.Function):
-    """(x, zr) -> (da, enopr[, static]) with the fused kernel; zr = U_h z is A upsampled vertically only."""
+    """(x, zc) -> (da, enopr[, static]) with the fused kernel; zc = z U_w^T is A upsampled along W only."""
 
     @staticmethod
-    def forward(ctx, x, zr, eps, need_static):
-        # x: (N, C, T, H, W) contiguous; zr: (N, T, H, w) contiguous, same dtype.
+    def forward(ctx, x, zc, eps, need_static):
+        # x: (N, C, T, H, W) contiguous; zc: (N, T, h, W) contiguous, same dtype.
         lib = _library()
         N, C, T, H, W = x.shape
-        w = zr.shape[-1]
-        j0, j1, mu = column_interpolation(w, W, x.dtype)
+        h = zc.shape[2]
+        i0, i1, lam = linear_interpolation(h, H, x.dtype)
         da = x.new_empty(N, C, H, W)
         static = x.new_empty(N, C, H, W) if need_static else None
-        y = x.new_empty(N, C, H, W) if zr.requires_grad else None
+        y = x.new_empty(N, C, H, W) if zc.requires_grad else None  # saved for the backward
         xx = torch.empty(N * H, dtype=torch.float64)
         ex = torch.empty(N * H, dtype=torch.float64)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
-        fn(x.data_ptr(), zr.data_ptr(), j0.data_ptr(), j1.data_ptr(), mu.data_ptr(), N, C, T, H, W, w, eps,
+        fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
            da.data_ptr(), _ptr(static), _ptr(y), xx.data_ptr(), ex.data_ptr(), torch.get_num_threads())
         res_sq = xx.view(N, H).sum(1) - ex.view(N, H).sum(1)
         positive = res_sq > 0
         enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
-        ctx.save_for_backward(x, zr, y, positive)
+        ctx.save_for_backward(x, zc, y, positive)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
         return (da, enopr, static) if need_static else (da, enopr)
 
     @staticmethod
     def backward(ctx, g_da, g_enopr, g_static=None):
-        x, zr, y, positive = ctx.saved_tensors
+        x, zc, y, positive = ctx.saved_tensors
         N, C, T, H, W = x.shape
-        w = zr.shape[-1]
-        j0, j1, mu = column_interpolation(w, W, x.dtype)
+        h = zc.shape[2]
+        i0, i1, lam = linear_interpolation(h, H, x.dtype)
         g_da = x.new_zeros(N, C, H, W) if g_da is None else g_da.contiguous()
         g_static = None if g_static is None else g_static.contiguous()
         if g_enopr is None:
             g_expl = x.new_zeros(N)
         else:  # d enopr / d explained = -1 / (CHW) where the residual is positive (clamped otherwise)
             g_expl = (-g_enopr * positive / (C * H * W)).to(x.dtype).contiguous()
-        g_zr = torch.empty_like(zr)
+        g_zc = torch.zeros_like(zc)  # accumulated into by the kernel
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
-        fn(x.data_ptr(), zr.data_ptr(), j0.data_ptr(), j1.data_ptr(), mu.data_ptr(), N, C, T, H, W, w, ctx.eps,
-           y.data_ptr(), g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zr.data_ptr(), torch.get_num_threads())
-        return None, g_zr, None, None
+        fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, ctx.eps,
+           y.data_ptr(), g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
+        return None, g_zc, None, None
 
 
 def rank_one_dynamic_appearance(
-    x: torch.Tensor, zr: torch.Tensor, eps: float, need_static: bool = False
+    x: torch.Tensor, zc: torch.Tensor, eps: float, need_static: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
 
-    x: (N, C, T, H, W) clip (not requiring grad); zr: (N, T, H, w) the hyperplanes upsampled
-    vertically (``U_h @ z``), of x's dtype.  A is ``zr`` interpolated bilinearly along the last
-    axis to W (align_corners=False).  Returns ``(da, enopr, static or None)``, equal to
-    :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.
+    x: (N, C, T, H, W) clip (not requiring grad); zc: (N, T, h, W) the hyperplanes upsampled along
+    W only (``z @ U_w^T``).  A is ``zc`` interpolated linearly along h to H (align_corners=False).
+    Returns ``(da, enopr, static or None)``, equal to :func:`dynapp.pwtp.dynamic_appearance` on the
+    fully upsampled A.
     """
-    if x.dim() != 5 or zr.dim() != 4 or zr.shape[:3] != (x.shape[0], x.shape[2], x.shape[3]):
-        raise ValueError(f"expected x (N, C, T, H, W) and zr (N, T, H, w); got {tuple(x.shape)} and {tuple(zr.shape)}")
-    out = _FusedRankOneDA.apply(x.contiguous(), zr.to(x.dtype).contiguous(), float(eps), need_static)
+    if x.dim() != 5 or zc.dim() != 4 or zc.shape[:2] != (x.shape[0], x.shape[2]) or zc.shape[3] != x.shape[4]:
+        raise ValueError(f"expected x (N, C, T, H, W) and zc (N, T, h, W); got {tuple(x.shape)} and {tuple(zc.shape)}")
+    out = _FusedRankOneDA.apply(x.contiguous(), zc.to(x.dtype).contiguous(), float(eps), need_static)
     return (out[0], out[1], out[2] if need_static else None)
