@@ -196,15 +196,22 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
 }
 
 // K consecutive pixels of one unit: the gradient of A, written over a (a_t is used once per t).
+// y is recomputed from the clip rather than saved by the forward: the block's clip values
+// (C * T * K) are still in the L1 cache when the gradient of A reads them again.
 template <typename T, int K>
 inline void backward_block(const T* __restrict x, int64_t P, int64_t C, int64_t Tn, T* __restrict a, int64_t L,
                            const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
-                           int64_t o, const T* __restrict y, const T* __restrict g_da, const T* __restrict g_stat,
-                           T* __restrict gB) {
+                           int64_t o, const T* __restrict g_da, const T* __restrict g_stat, T* __restrict gB) {
     const T invT = T(1) / T(Tn);
     T yu[K] = {}, yy[K] = {}, g_aa[K];
     for (int64_t c = 0; c < C; ++c) {
-        const T* __restrict yc = y + o + c * P;
+        T yc[K] = {};
+        for (int64_t t = 0; t < Tn; ++t) {
+            const T* __restrict xr = x + (c * Tn + t) * P;
+            const T* __restrict at = a + t * L;
+            for (int k = 0; k < K; ++k) yc[k] += at[k] * xr[k];
+        }
+        for (int k = 0; k < K; ++k) yc[k] *= inv[k];
         const T* __restrict gd = g_da + o + c * P;
         T* __restrict gb = gB + c * K;
         T u[K];
@@ -237,7 +244,7 @@ inline void backward_block(const T* __restrict x, int64_t P, int64_t C, int64_t 
 // Units k * stride + phase for k in [k0, k1).
 template <typename T>
 void backward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
-                    const T* __restrict y, const T* __restrict g_da, const T* __restrict g_stat,
+                    const T* __restrict g_da, const T* __restrict g_stat,
                     const T* __restrict g_expl, T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0,
                     int64_t k1) {
     const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * g.W;
@@ -258,14 +265,14 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
         const int64_t o = n * C * P + h0 * W;
         int64_t X0 = 0;
         for (; X0 + 64 <= L; X0 += 64)
-            backward_block<T, 64>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
-                                  g_stat, gB);
+            backward_block<T, 64>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
+                                  gB);
         for (; X0 + 16 <= L; X0 += 16)
-            backward_block<T, 16>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
-                                  g_stat, gB);
+            backward_block<T, 16>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
+                                  gB);
         for (; X0 < L; ++X0)
-            backward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, y, g_da,
-                                 g_stat, gB);
+            backward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
+                                 gB);
         // The transpose of the vertical interpolation: rows of grad A onto rows of grad zc.
         for (int64_t t = 0; t < Tn; ++t) {
             T* gt = g_zc + (n * Tn + t) * g.h * W;
@@ -294,18 +301,108 @@ void forward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, cons
 // g_zc must be zero on entry; it is accumulated into.
 template <typename T>
 void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
-              int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* y, const T* g_da, const T* g_stat,
+              int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* g_da, const T* g_stat,
               const T* g_expl, T* g_zc, int threads) {
     const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
     // The phase order is kept with one thread too, so the rounding does not depend on threads.
     const int64_t units = g.units(), p = g.phases();
     if (p == 0) {
-        backward_units<T>(x, zc, lam, g, eps, y, g_da, g_stat, g_expl, g_zc, 1, 0, 0, units);
+        backward_units<T>(x, zc, lam, g, eps, g_da, g_stat, g_expl, g_zc, 1, 0, 0, units);
         return;
     }
     for (int64_t phase = 0; phase < p; ++phase)
         parallel_ranges((units - phase + p - 1) / p, threads, [&](int64_t k0, int64_t k1) {
-            backward_units<T>(x, zc, lam, g, eps, y, g_da, g_stat, g_expl, g_zc, p, phase, k0, k1);
+            backward_units<T>(x, zc, lam, g, eps, g_da, g_stat, g_expl, g_zc, p, phase, k0, k1);
+        });
+}
+
+// ----------------------------------------------------------------------------------------------
+// The relation descriptor of Eq. 3: u[n, p, k] = <f[n, :, t1_k, p], f[n, :, t2_k, p]> / C' for the
+// pairs t1 < t2 in row-major order, written (N, h*w, T(T-1)/2) so the MLP reads it in place.
+// Backward: g_f[c, t] = sum_s G[t, s] f[c, s] / C' with G the symmetric matrix of g_u.
+
+template <typename T, int K>
+void gram_forward_block(const T* __restrict f, int64_t Cf, int64_t Tn, int64_t Q, T* __restrict u) {
+    // f: feature block at position p0 of sample n (channel stride Tn * Q, frame stride Q); u: (K, pairs)
+    const int64_t pairs = Tn * (Tn - 1) / 2;
+    const T scale = T(1) / T(Cf);
+    int64_t k = 0;
+    for (int64_t t1 = 0; t1 < Tn; ++t1)
+        for (int64_t t2 = t1 + 1; t2 < Tn; ++t2, ++k) {
+            T acc[K] = {};
+            for (int64_t c = 0; c < Cf; ++c) {
+                const T* __restrict f1 = f + (c * Tn + t1) * Q;
+                const T* __restrict f2 = f + (c * Tn + t2) * Q;
+                for (int q = 0; q < K; ++q) acc[q] += f1[q] * f2[q];
+            }
+            for (int q = 0; q < K; ++q) u[q * pairs + k] = acc[q] * scale;
+        }
+}
+
+template <typename T, int K>
+void gram_backward_block(const T* __restrict f, const T* __restrict gu, int64_t Cf, int64_t Tn, int64_t Q,
+                         T* __restrict gf, T* __restrict G) {
+    // G: scratch (Tn, Tn, K), the symmetric gradient matrix of each position, zero diagonal.
+    const int64_t pairs = Tn * (Tn - 1) / 2;
+    const T scale = T(1) / T(Cf);
+    int64_t k = 0;
+    for (int64_t t = 0; t < Tn; ++t)
+        for (int q = 0; q < K; ++q) G[(t * Tn + t) * K + q] = T(0);
+    for (int64_t t1 = 0; t1 < Tn; ++t1)
+        for (int64_t t2 = t1 + 1; t2 < Tn; ++t2, ++k)
+            for (int q = 0; q < K; ++q)
+                G[(t1 * Tn + t2) * K + q] = G[(t2 * Tn + t1) * K + q] = gu[q * pairs + k] * scale;
+    for (int64_t c = 0; c < Cf; ++c)
+        for (int64_t t = 0; t < Tn; ++t) {
+            T acc[K] = {};
+            for (int64_t s = 0; s < Tn; ++s) {
+                const T* __restrict fs = f + (c * Tn + s) * Q;
+                const T* __restrict g = G + (t * Tn + s) * K;
+                for (int q = 0; q < K; ++q) acc[q] += g[q] * fs[q];
+            }
+            T* __restrict out = gf + (c * Tn + t) * Q;
+            for (int q = 0; q < K; ++q) out[q] = acc[q];
+        }
+}
+
+// Blocks of 16 positions of one sample (and a tail of single positions), over all samples.
+template <typename T, typename Block16, typename Block1>
+void gram_blocks(int64_t N, int64_t Q, int threads, Block16 b16, Block1 b1) {
+    const int64_t per = Q / 16 + Q % 16;  // work items per sample
+    parallel_ranges(N * per, threads, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+            const int64_t n = k / per, j = k % per;
+            if (j < Q / 16)
+                b16(n, j * 16);
+            else
+                b1(n, (Q / 16) * 16 + (j - Q / 16));
+        }
+    });
+}
+
+template <typename T>
+void gram_forward(const T* f, int64_t N, int64_t Cf, int64_t Tn, int64_t Q, T* u, int threads) {
+    const int64_t pairs = Tn * (Tn - 1) / 2;
+    gram_blocks<T>(
+        N, Q, threads,
+        [&](int64_t n, int64_t p) { gram_forward_block<T, 16>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs); },
+        [&](int64_t n, int64_t p) { gram_forward_block<T, 1>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs); });
+}
+
+template <typename T>
+void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, int64_t Q, T* gf, int threads) {
+    const int64_t pairs = Tn * (Tn - 1) / 2;
+    gram_blocks<T>(
+        N, Q, threads,
+        [&](int64_t n, int64_t p) {
+            std::vector<T> G(Tn * Tn * 16);
+            gram_backward_block<T, 16>(f + n * Cf * Tn * Q + p, gu + (n * Q + p) * pairs, Cf, Tn, Q,
+                                       gf + n * Cf * Tn * Q + p, G.data());
+        },
+        [&](int64_t n, int64_t p) {
+            std::vector<T> G(Tn * Tn);
+            gram_backward_block<T, 1>(f + n * Cf * Tn * Q + p, gu + (n * Q + p) * pairs, Cf, Tn, Q,
+                                      gf + n * Cf * Tn * Q + p, G.data());
         });
 }
 
@@ -313,7 +410,7 @@ void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, con
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 2; }
+int dynapp_pwtp_abi_version() { return 3; }
 
 void dynapp_da1_forward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da,
@@ -330,16 +427,34 @@ void dynapp_da1_forward_f64(const double* x, const double* zc, const int32_t* i0
 
 void dynapp_da1_backward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
                              int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps,
-                             const float* y, const float* g_da, const float* g_stat, const float* g_expl,
+                             const float* g_da, const float* g_stat, const float* g_expl,
                              float* g_zc, int threads) {
-    backward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, y, g_da, g_stat, g_expl, g_zc, threads);
+    backward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
 }
 
 void dynapp_da1_backward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
                              const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
-                             double eps, const double* y, const double* g_da, const double* g_stat,
+                             double eps, const double* g_da, const double* g_stat,
                              const double* g_expl, double* g_zc, int threads) {
-    backward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, y, g_da, g_stat, g_expl, g_zc, threads);
+    backward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
+}
+
+void dynapp_gram_forward_f32(const float* f, int64_t N, int64_t C, int64_t T, int64_t Q, float* u, int threads) {
+    gram_forward<float>(f, N, C, T, Q, u, threads);
+}
+
+void dynapp_gram_forward_f64(const double* f, int64_t N, int64_t C, int64_t T, int64_t Q, double* u, int threads) {
+    gram_forward<double>(f, N, C, T, Q, u, threads);
+}
+
+void dynapp_gram_backward_f32(const float* f, const float* gu, int64_t N, int64_t C, int64_t T, int64_t Q, float* gf,
+                              int threads) {
+    gram_backward<float>(f, gu, N, C, T, Q, gf, threads);
+}
+
+void dynapp_gram_backward_f64(const double* f, const double* gu, int64_t N, int64_t C, int64_t T, int64_t Q,
+                              double* gf, int threads) {
+    gram_backward<double>(f, gu, N, C, T, Q, gf, threads);
 }
 
 }  // extern "C"

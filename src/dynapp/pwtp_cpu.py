@@ -30,7 +30,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "supports", "rank_one_dynamic_appearance", "linear_interpolation"]
+__all__ = [
+    "available",
+    "supports",
+    "rank_one_dynamic_appearance",
+    "relation_descriptor",
+    "linear_interpolation",
+]
 
 _SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
 # -march=native: the library is built on the machine that runs it, and its file name carries the
@@ -98,10 +104,16 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
         fwd.restype = None
         bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
-        bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
         bwd.restype = None
+        gram_f = getattr(lib, f"dynapp_gram_forward_{suffix}")
+        gram_f.argtypes = [p, i64, i64, i64, i64, p, i32]
+        gram_f.restype = None
+        gram_b = getattr(lib, f"dynapp_gram_backward_{suffix}")
+        gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
+        gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 2:
+    if lib.dynapp_pwtp_abi_version() != 3:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -176,23 +188,22 @@ class _FusedRankOneDA(torch.autograd.Function):
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
         da = x.new_empty(N, C, H, W)
         static = x.new_empty(N, C, H, W) if need_static else None
-        y = x.new_empty(N, C, H, W) if zc.requires_grad else None  # saved for the backward
         xx = torch.empty(N * H, dtype=torch.float64)
         ex = torch.empty(N * H, dtype=torch.float64)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
         fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
-           da.data_ptr(), _ptr(static), _ptr(y), xx.data_ptr(), ex.data_ptr(), torch.get_num_threads())
+           da.data_ptr(), _ptr(static), None, xx.data_ptr(), ex.data_ptr(), torch.get_num_threads())
         res_sq = xx.view(N, H).sum(1) - ex.view(N, H).sum(1)
         positive = res_sq > 0
         enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
-        ctx.save_for_backward(x, zc, y, positive)
+        ctx.save_for_backward(x, zc, positive)  # the backward recomputes y = a.x / (a.a + eps)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
         return (da, enopr, static) if need_static else (da, enopr)
 
     @staticmethod
     def backward(ctx, g_da, g_enopr, g_static=None):
-        x, zc, y, positive = ctx.saved_tensors
+        x, zc, positive = ctx.saved_tensors
         N, C, T, H, W = x.shape
         h = zc.shape[2]
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
@@ -206,7 +217,7 @@ class _FusedRankOneDA(torch.autograd.Function):
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
         fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, ctx.eps,
-           y.data_ptr(), g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
+           g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
         return None, g_zc, None, None
 
 
@@ -224,3 +235,39 @@ def rank_one_dynamic_appearance(
         raise ValueError(f"expected x (N, C, T, H, W) and zc (N, T, h, W); got {tuple(x.shape)} and {tuple(zc.shape)}")
     out = _FusedRankOneDA.apply(x.contiguous(), zc.to(x.dtype).contiguous(), float(eps), need_static)
     return (out[0], out[1], out[2] if need_static else None)
+
+
+class _FusedGram(torch.autograd.Function):
+    """feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2), the relation descriptor of Eq. 3."""
+
+    @staticmethod
+    def forward(ctx, feat):
+        lib = _library()
+        N, Cf, T, h, w = feat.shape
+        u = feat.new_empty(N, h, w, T * (T - 1) // 2)
+        fn = lib.dynapp_gram_forward_f32 if feat.dtype == torch.float32 else lib.dynapp_gram_forward_f64
+        fn(feat.data_ptr(), N, Cf, T, h * w, u.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(feat)
+        return u
+
+    @staticmethod
+    def backward(ctx, g_u):
+        (feat,) = ctx.saved_tensors
+        N, Cf, T, h, w = feat.shape
+        g_u = g_u.contiguous()
+        g_feat = torch.empty_like(feat)
+        lib = _library()
+        fn = lib.dynapp_gram_backward_f32 if feat.dtype == torch.float32 else lib.dynapp_gram_backward_f64
+        fn(feat.data_ptr(), g_u.data_ptr(), N, Cf, T, h * w, g_feat.data_ptr(), torch.get_num_threads())
+        return g_feat
+
+
+def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 fused on the CPU: feat (N, C', T, h, w) float32/64 -> u (N, h, w, T(T-1)/2), contiguous.
+
+    Equal to :func:`dynapp.pwtp.relation_descriptor`; the eager version is several strided passes
+    and a permuted copy, this is one pass each way.
+    """
+    if feat.dim() != 5:
+        raise ValueError(f"expected features of shape (N, C', T, h, w); got {tuple(feat.shape)}")
+    return _FusedGram.apply(feat.contiguous())
