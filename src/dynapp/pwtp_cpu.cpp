@@ -70,18 +70,19 @@ struct Geometry {
     }
 };
 
-// Rows per unit: long contiguous spans keep the hardware prefetchers busy (one row of 224 values
-// per stream was 2x slower), while the unit's scratch stays in the L2 cache.
+// Rows per unit: a few thousand pixels, so that there are many units to share among threads
+// and the backward's phases (below) stay few.
 inline int64_t rows_per_unit(int64_t H, int64_t W) {
     int64_t R = 2048 / (W > 0 ? W : 1);
     return R < 1 ? 1 : (R > H ? H : R);
 }
 
-// A of one unit: a[t, r * W + X] for its rows, plus aa = sum_t a^2 and m = mean_t a.
+// A of one unit: a[t * L + r * W + X] for its rows, plus aa = sum_t a^2, m = mean_t a and
+// inv = 1 / (aa + eps).  L = rows * W; the unit's A (T * L values) stays in the L2 cache.
 template <typename T>
 inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, const Geometry& g, int64_t n,
-                             int64_t h0, int64_t rows, int64_t L, T* __restrict a, T* __restrict aa,
-                             T* __restrict m) {
+                             int64_t h0, int64_t rows, int64_t L, T eps, T* __restrict a, T* __restrict aa,
+                             T* __restrict m, T* __restrict inv) {
     const int64_t W = g.W;
     for (int64_t X = 0; X < L; ++X) aa[X] = m[X] = T(0);
     for (int64_t t = 0; t < g.T; ++t) {
@@ -100,87 +101,114 @@ inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, co
         }
     }
     const T invT = T(1) / T(g.T);
-    for (int64_t X = 0; X < L; ++X) m[X] *= invT;
+    for (int64_t X = 0; X < L; ++X) {
+        m[X] *= invT;
+        inv[X] = T(1) / (aa[X] + eps);
+    }
 }
 
-// K consecutive pixels of one unit, all channels: the temporal sums live in registers, the clip
-// is read once, and the per-pixel outputs are written directly (da, and y / static on request).
+// Calls block.template operator()<K>(X0) over [0, L) in blocks of 64, 16, then 1 pixels.
+template <typename F>
+inline void blocks_of(int64_t L, F&& block) {
+    int64_t X0 = 0;
+    for (; X0 + 64 <= L; X0 += 64) block.template operator()<64>(X0);
+    for (; X0 + 16 <= L; X0 += 16) block.template operator()<16>(X0);
+    for (; X0 < L; ++X0) block.template operator()<1>(X0);
+}
+
+// Software prefetch of what a block of K values at p reads 1 KB further on: with T (or C * T)
+// concurrent streams the hardware prefetchers fall behind (the forward pass took 25% longer
+// without this on the development machine).
 template <typename T, int K>
-inline void forward_block(const T* __restrict x, int64_t P, int64_t C, int64_t Tn, const T* __restrict a, int64_t L,
-                          const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, int64_t o,
-                          T* __restrict da, T* __restrict stat, T* __restrict y, T* __restrict sq_out,
-                          T* __restrict ex_out) {
+inline void prefetch_ahead(const T* p) {
+    if constexpr (K * sizeof(T) >= 64) {
+        const char* c = reinterpret_cast<const char*>(p) + 1024;
+        for (int b = 0; b < int(K * sizeof(T)); b += 64) __builtin_prefetch(c + b);
+    }
+}
+
+// Scratch of one thread for units of up to Lmax pixels.
+template <typename T>
+struct Scratch {
+    std::vector<T> buf;
+    T *a, *aa, *m, *inv, *v0, *v1, *gB, *ga;
+    Scratch(int64_t Tn, int64_t C, int64_t Lmax) : buf((2 * Tn + 5 + C) * Lmax) {
+        a = buf.data();      // (T, L) A
+        aa = a + Tn * Lmax;  // (L,) sum_t a^2
+        m = aa + Lmax;       // (L,) mean_t a
+        inv = m + Lmax;      // (L,) 1 / (aa + eps)
+        v0 = inv + Lmax;     // (L,) forward: sum x^2; backward: yu
+        v1 = v0 + Lmax;      // (L,) forward: sum y^2 (aa + 2 eps); backward: yy, then g_aa
+        gB = v1 + Lmax;      // (C, L) backward
+        ga = gB + C * Lmax;  // (T, L) backward: grad A
+    }
+};
+
+// Channel c of K pixels: S = sum_t x_t and B = sum_t a_t x_t in registers over one pass of the
+// T frame streams of the channel (channel-outer order: T concurrent streams, not C * T); writes
+// da (and y / static on request), accumulates sum x^2 into sq and y^2 (aa + 2 eps) into ex.
+template <typename T, int K>
+inline void forward_block(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict a, int64_t L,
+                          const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps,
+                          T* __restrict dc, T* __restrict sc, T* __restrict yc, T* __restrict sq, T* __restrict ex) {
     const T invT = T(1) / T(Tn);
-    T sq[K] = {}, ex[K] = {};
-    for (int64_t c = 0; c < C; ++c) {
-        T S[K] = {}, B[K] = {};
-        for (int64_t t = 0; t < Tn; ++t) {
-            const T* __restrict xr = x + (c * Tn + t) * P;
-            const T* __restrict at = a + t * L;
-            for (int k = 0; k < K; ++k) {
-                T v = xr[k];
-                S[k] += v;
-                B[k] += at[k] * v;
-                sq[k] += v * v;
-            }
-        }
-        T* __restrict dc = da + o + c * P;
+    T S[K] = {}, B[K] = {}, q[K];
+    for (int k = 0; k < K; ++k) q[k] = sq[k];
+    for (int64_t t = 0; t < Tn; ++t) {
+        const T* __restrict xr = xc + t * P;
+        const T* __restrict at = a + t * L;
+        prefetch_ahead<T, K>(xr);
         for (int k = 0; k < K; ++k) {
-            B[k] *= inv[k];                    // now y
-            S[k] = S[k] * invT - m[k] * B[k];  // now da
-            dc[k] = S[k];
-            ex[k] += B[k] * B[k] * (aa[k] + T(2) * eps);
+            T v = xr[k];
+            S[k] += v;
+            B[k] += at[k] * v;
+            q[k] += v * v;
         }
-        if (y)
-            for (int k = 0; k < K; ++k) y[o + c * P + k] = B[k];
-        if (stat)
-            for (int k = 0; k < K; ++k) stat[o + c * P + k] = m[k] * B[k];
     }
     for (int k = 0; k < K; ++k) {
-        sq_out[k] = sq[k];
-        ex_out[k] = ex[k];
+        sq[k] = q[k];
+        B[k] *= inv[k];  // now y
+        dc[k] = S[k] * invT - m[k] * B[k];
+        ex[k] += B[k] * B[k] * (aa[k] + T(2) * eps);
     }
+    if (yc)
+        for (int k = 0; k < K; ++k) yc[k] = B[k];
+    if (sc)
+        for (int k = 0; k < K; ++k) sc[k] = m[k] * B[k];
 }
 
 template <typename T>
 void forward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
                    T* __restrict da, T* __restrict stat, T* __restrict y, double* __restrict xx_rows,
                    double* __restrict expl_rows, int64_t u0, int64_t u1) {
-    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * g.W;
-    std::vector<T> buf((Tn + 5) * Lmax);
-    T* a = buf.data();  // (T, L)
-    T* aa = a + Tn * Lmax;
-    T* inv = aa + Lmax;
-    T* m = inv + Lmax;
-    T* sq = m + Lmax;
-    T* ex = sq + Lmax;
+    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W;
+    Scratch<T> s(Tn, C, g.R * W);
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t n = u / g.blocks(), h0 = (u % g.blocks()) * g.R;
         const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
-        unit_hyperplanes(zc, lam, g, n, h0, rows, L, a, aa, m);
-        for (int64_t X = 0; X < L; ++X) inv[X] = T(1) / (aa[X] + eps);
-        const T* xu = x + n * C * Tn * P + h0 * W;
-        const int64_t o = n * C * P + h0 * W;
-        int64_t X0 = 0;
-        for (; X0 + 64 <= L; X0 += 64)
-            forward_block<T, 64>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, o + X0, da, stat, y,
-                                 sq + X0, ex + X0);
-        for (; X0 + 16 <= L; X0 += 16)
-            forward_block<T, 16>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, o + X0, da, stat, y,
-                                 sq + X0, ex + X0);
-        for (; X0 < L; ++X0)
-            forward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, o + X0, da, stat, y,
-                                sq + X0, ex + X0);
+        unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
+        for (int64_t X = 0; X < L; ++X) s.v0[X] = s.v1[X] = T(0);
+        for (int64_t c = 0; c < C; ++c) {
+            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
+            const int64_t o = (n * C + c) * P + h0 * W;
+            blocks_of(L, [&]<int K>(int64_t X0) {
+                forward_block<T, K>(xc + X0, P, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
+                                    stat ? stat + o + X0 : nullptr, y ? y + o + X0 : nullptr, s.v0 + X0,
+                                    s.v1 + X0);
+            });
+        }
         for (int64_t r = 0; r < rows; ++r) {
             // Eight independent double partial sums: one running sum is a serial chain.
             double px[8] = {}, pe[8] = {};
-            int64_t X = r * W;
-            for (; X + 8 <= (r + 1) * W; X += 8)
+            const T* sq = s.v0 + r * W;
+            const T* ex = s.v1 + r * W;
+            int64_t X = 0;
+            for (; X + 8 <= W; X += 8)
                 for (int k = 0; k < 8; ++k) {
                     px[k] += double(sq[X + k]);
                     pe[k] += double(ex[X + k]);
                 }
-            for (int k = 0; X < (r + 1) * W; ++X, ++k) {
+            for (int k = 0; X < W; ++X, ++k) {
                 px[k] += double(sq[X]);
                 pe[k] += double(ex[X]);
             }
@@ -195,94 +223,97 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
     }
 }
 
-// K consecutive pixels of one unit: the gradient of A, written over a (a_t is used once per t).
-// y is recomputed from the clip rather than saved by the forward: the block's clip values
-// (C * T * K) are still in the L1 cache when the gradient of A reads them again.
+// Backward, first pass, channel c of K pixels: y_c is recomputed from the clip (not saved by the
+// forward), u_c = g_static_c - g_da_c, yu += y_c u_c, yy += y_c^2, and
+// gB_c = (m u_c + 2 ge (aa + 2 eps) y_c) / (aa + eps) is stored for the second pass.
 template <typename T, int K>
-inline void backward_block(const T* __restrict x, int64_t P, int64_t C, int64_t Tn, T* __restrict a, int64_t L,
-                           const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
-                           int64_t o, const T* __restrict g_da, const T* __restrict g_stat, T* __restrict gB) {
-    const T invT = T(1) / T(Tn);
-    T yu[K] = {}, yy[K] = {}, g_aa[K];
-    for (int64_t c = 0; c < C; ++c) {
-        T yc[K] = {};
-        for (int64_t t = 0; t < Tn; ++t) {
-            const T* __restrict xr = x + (c * Tn + t) * P;
-            const T* __restrict at = a + t * L;
-            for (int k = 0; k < K; ++k) yc[k] += at[k] * xr[k];
-        }
-        for (int k = 0; k < K; ++k) yc[k] *= inv[k];
-        const T* __restrict gd = g_da + o + c * P;
-        T* __restrict gb = gB + c * K;
-        T u[K];
-        for (int k = 0; k < K; ++k) u[k] = -gd[k];
-        if (g_stat)
-            for (int k = 0; k < K; ++k) u[k] += g_stat[o + c * P + k];
-        for (int k = 0; k < K; ++k) {
-            yu[k] += yc[k] * u[k];
-            yy[k] += yc[k] * yc[k];
-            gb[k] = (m[k] * u[k] + T(2) * ge * (aa[k] + T(2) * eps) * yc[k]) * inv[k];
-        }
+inline void backward_block1(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict a, int64_t L,
+                            const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
+                            const T* __restrict gd, const T* __restrict gs, T* __restrict yu, T* __restrict yy,
+                            T* __restrict gb) {
+    T yc[K] = {};
+    for (int64_t t = 0; t < Tn; ++t) {
+        const T* __restrict xr = xc + t * P;
+        const T* __restrict at = a + t * L;
+        prefetch_ahead<T, K>(xr);
+        for (int k = 0; k < K; ++k) yc[k] += at[k] * xr[k];
     }
     for (int k = 0; k < K; ++k) {
-        g_aa[k] = -(m[k] * yu[k] + ge * (aa[k] + T(3) * eps) * yy[k]) * inv[k];
-        yu[k] *= invT;
+        yc[k] *= inv[k];
+        const T u = (gs ? gs[k] : T(0)) - gd[k];
+        yu[k] += yc[k] * u;
+        yy[k] += yc[k] * yc[k];
+        gb[k] = (m[k] * u + T(2) * ge * (aa[k] + T(2) * eps) * yc[k]) * inv[k];
     }
+}
+
+// Backward, second pass, channel c of K pixels: ga_t += gB_c x_ct (the unit's clip is in L2 now).
+template <typename T, int K>
+inline void backward_block2(const T* __restrict xc, int64_t P, int64_t Tn, int64_t L, const T* __restrict gb,
+                            T* __restrict ga) {
+    T g[K];
+    for (int k = 0; k < K; ++k) g[k] = gb[k];
     for (int64_t t = 0; t < Tn; ++t) {
-        T* __restrict at = a + t * L;
-        T acc[K];
-        for (int k = 0; k < K; ++k) acc[k] = yu[k] + T(2) * at[k] * g_aa[k];
-        for (int64_t c = 0; c < C; ++c) {
-            const T* __restrict xr = x + (c * Tn + t) * P;
-            const T* __restrict gb = gB + c * K;
-            for (int k = 0; k < K; ++k) acc[k] += gb[k] * xr[k];
-        }
-        for (int k = 0; k < K; ++k) at[k] = acc[k];
+        const T* __restrict xr = xc + t * P;
+        T* __restrict gt = ga + t * L;
+        prefetch_ahead<T, K>(xr);
+        for (int k = 0; k < K; ++k) gt[k] += g[k] * xr[k];
     }
 }
 
 // Units k * stride + phase for k in [k0, k1).
 template <typename T>
 void backward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
-                    const T* __restrict g_da, const T* __restrict g_stat,
-                    const T* __restrict g_expl, T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0,
-                    int64_t k1) {
-    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * g.W;
-    std::vector<T> buf((Tn + 3) * Lmax + 64 * C);
-    T* a = buf.data();  // (T, L): A, then its gradient
-    T* aa = a + Tn * Lmax;
-    T* m = aa + Lmax;
-    T* inv = m + Lmax;
-    T* gB = inv + Lmax;  // (C, K) scratch of one block
+                    const T* __restrict g_da, const T* __restrict g_stat, const T* __restrict g_expl,
+                    T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0, int64_t k1) {
+    const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * W;
+    Scratch<T> s(Tn, C, Lmax);
+    T* yu = s.v0;
+    T* yy = s.v1;
+    T* ga = s.ga;
+    const T invT = T(1) / T(Tn);
     for (int64_t k = k0; k < k1; ++k) {
         const int64_t u = k * stride + phase;
         const int64_t n = u / g.blocks(), h0 = (u % g.blocks()) * g.R;
         const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
         const T ge = g_expl[n];
-        unit_hyperplanes(zc, lam, g, n, h0, rows, L, a, aa, m);
-        for (int64_t X = 0; X < L; ++X) inv[X] = T(1) / (aa[X] + eps);
-        const T* xu = x + n * C * Tn * P + h0 * W;
-        const int64_t o = n * C * P + h0 * W;
-        int64_t X0 = 0;
-        for (; X0 + 64 <= L; X0 += 64)
-            backward_block<T, 64>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
-                                  gB);
-        for (; X0 + 16 <= L; X0 += 16)
-            backward_block<T, 16>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
-                                  gB);
-        for (; X0 < L; ++X0)
-            backward_block<T, 1>(xu + X0, P, C, Tn, a + X0, L, inv + X0, m + X0, aa + X0, eps, ge, o + X0, g_da, g_stat,
-                                 gB);
+        unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
+        for (int64_t X = 0; X < L; ++X) yu[X] = yy[X] = T(0);
+        for (int64_t c = 0; c < C; ++c) {
+            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
+            const int64_t o = (n * C + c) * P + h0 * W;
+            blocks_of(L, [&]<int K>(int64_t X0) {
+                backward_block1<T, K>(xc + X0, P, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, ge,
+                                      g_da + o + X0, g_stat ? g_stat + o + X0 : nullptr, yu + X0, yy + X0,
+                                      s.gB + c * Lmax + X0);
+            });
+        }
+        // g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps); ga_t = yu / T + 2 a_t g_aa + sum_c gB_c x_ct
+        for (int64_t X = 0; X < L; ++X) {
+            yy[X] = -(s.m[X] * yu[X] + ge * (s.aa[X] + T(3) * eps) * yy[X]) * s.inv[X];
+            yu[X] *= invT;
+        }
+        for (int64_t t = 0; t < Tn; ++t) {
+            const T* __restrict at = s.a + t * L;
+            T* __restrict gt = ga + t * L;
+            for (int64_t X = 0; X < L; ++X) gt[X] = yu[X] + T(2) * at[X] * yy[X];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
+            blocks_of(L, [&]<int K>(int64_t X0) {
+                backward_block2<T, K>(xc + X0, P, Tn, L, s.gB + c * Lmax + X0, ga + X0);
+            });
+        }
         // The transpose of the vertical interpolation: rows of grad A onto rows of grad zc.
         for (int64_t t = 0; t < Tn; ++t) {
             T* gt = g_zc + (n * Tn + t) * g.h * W;
             for (int64_t r = 0; r < rows; ++r) {
-                const T* __restrict ga = a + t * L + r * W;
-                T* __restrict gz0 = gt + g.i0[h0 + r] * W;
+                const T* __restrict gar = ga + t * L + r * W;
                 const T l = lam[h0 + r];
-                for (int64_t X = 0; X < W; ++X) gz0[X] += (T(1) - l) * ga[X];
+                T* __restrict gz0 = gt + g.i0[h0 + r] * W;
+                for (int64_t X = 0; X < W; ++X) gz0[X] += (T(1) - l) * gar[X];
                 T* __restrict gz1 = gt + g.i1[h0 + r] * W;
-                for (int64_t X = 0; X < W; ++X) gz1[X] += l * ga[X];
+                for (int64_t X = 0; X < W; ++X) gz1[X] += l * gar[X];
             }
         }
     }

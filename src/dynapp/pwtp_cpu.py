@@ -42,7 +42,7 @@ _SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
 # -march=native: the library is built on the machine that runs it, and its file name carries the
 # CPU's identity (below), so a shared cache directory never hands it to a different CPU.
 # -fopenmp: run on PyTorch's own OpenMP pool (see run_units in the .cpp); retried without it.
-_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-std=c++20", "-shared", "-fPIC"]
 _OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
 _state: dict = {}
