@@ -528,10 +528,11 @@ class PWTP(nn.Module):
         if not return_residual and pwtp_cpu.supports(x, self.rank):
             # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
             N, _, T, H, W = x.shape
-            z = self.coarse_hyperplanes(x)  # (N, T, h, w)
+            z = self.coarse_hyperplanes(x).contiguous()  # (N, T, h, w)
             with torch.autocast(x.device.type, enabled=False):
                 dt = z.dtype
-                zc = torch.matmul(z, _bilinear_matrix(z.shape[-1], W, str(z.device), dt).t())  # (N, T, h, W)
+                Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
+                zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N, T, h, W): one GEMM
                 eps, _ = _regularisers(dt, None, None)
                 da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(x.to(dt), zc, eps, return_static)
             return PWTPOutput(da, enopr, static)

@@ -319,14 +319,26 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
     }
 }
 
+// Also reduces the per-row sums to res_sq[n] = ||x_n||^2 - explained_n (double) and
+// enopr[n] = max(res_sq[n], 0) / (C H W), in a fixed order.
 template <typename T>
 void forward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
-             int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* xx_rows,
-             double* expl_rows, int threads) {
+             int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* res_sq, T* enopr,
+             int threads) {
     const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
+    std::vector<double> xx_rows(N * H), expl_rows(N * H);
     parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
-        forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows, expl_rows, u0, u1);
+        forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows.data(), expl_rows.data(), u0, u1);
     });
+    for (int64_t n = 0; n < N; ++n) {
+        double sx = 0.0, se = 0.0;
+        for (int64_t r = 0; r < H; ++r) {
+            sx += xx_rows[n * H + r];
+            se += expl_rows[n * H + r];
+        }
+        res_sq[n] = sx - se;
+        enopr[n] = T((res_sq[n] > 0.0 ? res_sq[n] : 0.0) / double(C * H * W));
+    }
 }
 
 // g_zc must be zero on entry; it is accumulated into.
@@ -352,11 +364,20 @@ void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, con
 // pairs t1 < t2 in row-major order, written (N, h*w, T(T-1)/2) so the MLP reads it in place.
 // Backward: g_f[c, t] = sum_s G[t, s] f[c, s] / C' with G the symmetric matrix of g_u.
 
+// The feature block is C' * T rows of K positions, Q apart: far too many streams for the hardware
+// prefetchers, so the rows of the next block are prefetched while this one is computed.
+template <typename T, int K>
+inline void prefetch_next_block(const T* f, int64_t rows, int64_t Q) {
+    if constexpr (K * sizeof(T) >= 64)
+        for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(f + r * Q + K);
+}
+
 template <typename T, int K>
 void gram_forward_block(const T* __restrict f, int64_t Cf, int64_t Tn, int64_t Q, T* __restrict u) {
     // f: feature block at position p0 of sample n (channel stride Tn * Q, frame stride Q); u: (K, pairs)
     const int64_t pairs = Tn * (Tn - 1) / 2;
     const T scale = T(1) / T(Cf);
+    prefetch_next_block<T, K>(f, Cf * Tn, Q);
     int64_t k = 0;
     for (int64_t t1 = 0; t1 < Tn; ++t1)
         for (int64_t t2 = t1 + 1; t2 < Tn; ++t2, ++k) {
@@ -376,6 +397,7 @@ void gram_backward_block(const T* __restrict f, const T* __restrict gu, int64_t 
     // G: scratch (Tn, Tn, K), the symmetric gradient matrix of each position, zero diagonal.
     const int64_t pairs = Tn * (Tn - 1) / 2;
     const T scale = T(1) / T(Cf);
+    prefetch_next_block<T, K>(f, Cf * Tn, Q);
     int64_t k = 0;
     for (int64_t t = 0; t < Tn; ++t)
         for (int q = 0; q < K; ++q) G[(t * Tn + t) * K + q] = T(0);
@@ -441,19 +463,19 @@ void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, i
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 3; }
+int dynapp_pwtp_abi_version() { return 4; }
 
 void dynapp_da1_forward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da,
-                            float* stat, float* y, double* xx_rows, double* expl_rows, int threads) {
-    forward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, xx_rows, expl_rows, threads);
+                            float* stat, float* y, double* res_sq, float* enopr, int threads) {
+    forward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
 }
 
 void dynapp_da1_forward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
                             const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
-                            double eps, double* da, double* stat, double* y, double* xx_rows, double* expl_rows,
+                            double eps, double* da, double* stat, double* y, double* res_sq, double* enopr,
                             int threads) {
-    forward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, xx_rows, expl_rows, threads);
+    forward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
 }
 
 void dynapp_da1_backward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,

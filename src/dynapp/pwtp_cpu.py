@@ -113,7 +113,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
         gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 3:
+    if lib.dynapp_pwtp_abi_version() != 4:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -188,22 +188,19 @@ class _FusedRankOneDA(torch.autograd.Function):
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
         da = x.new_empty(N, C, H, W)
         static = x.new_empty(N, C, H, W) if need_static else None
-        xx = torch.empty(N * H, dtype=torch.float64)
-        ex = torch.empty(N * H, dtype=torch.float64)
+        res_sq = torch.empty(N, dtype=torch.float64)  # ||x||^2 - explained, before the clamp at 0
+        enopr = x.new_empty(N)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
         fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
-           da.data_ptr(), _ptr(static), None, xx.data_ptr(), ex.data_ptr(), torch.get_num_threads())
-        res_sq = xx.view(N, H).sum(1) - ex.view(N, H).sum(1)
-        positive = res_sq > 0
-        enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
-        ctx.save_for_backward(x, zc, positive)  # the backward recomputes y = a.x / (a.a + eps)
+           da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(x, zc, res_sq)  # the backward recomputes y = a.x / (a.a + eps)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
         return (da, enopr, static) if need_static else (da, enopr)
 
     @staticmethod
     def backward(ctx, g_da, g_enopr, g_static=None):
-        x, zc, positive = ctx.saved_tensors
+        x, zc, res_sq = ctx.saved_tensors
         N, C, T, H, W = x.shape
         h = zc.shape[2]
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
@@ -212,7 +209,7 @@ class _FusedRankOneDA(torch.autograd.Function):
         if g_enopr is None:
             g_expl = x.new_zeros(N)
         else:  # d enopr / d explained = -1 / (CHW) where the residual is positive (clamped otherwise)
-            g_expl = (-g_enopr * positive / (C * H * W)).to(x.dtype).contiguous()
+            g_expl = (-g_enopr * (res_sq > 0) / (C * H * W)).to(x.dtype).contiguous()
         g_zc = torch.zeros_like(zc)  # accumulated into by the kernel
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
