@@ -77,36 +77,6 @@ inline int64_t rows_per_unit(int64_t H, int64_t W) {
     return R < 1 ? 1 : (R > H ? H : R);
 }
 
-// A of one unit: a[t * L + r * W + X] for its rows, plus aa = sum_t a^2, m = mean_t a and
-// inv = 1 / (aa + eps).  L = rows * W; the unit's A (T * L values) stays in the L2 cache.
-template <typename T>
-inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, const Geometry& g, int64_t n,
-                             int64_t h0, int64_t rows, int64_t L, T eps, T* __restrict a, T* __restrict aa,
-                             T* __restrict m, T* __restrict inv) {
-    const int64_t W = g.W;
-    for (int64_t X = 0; X < L; ++X) aa[X] = m[X] = T(0);
-    for (int64_t t = 0; t < g.T; ++t) {
-        T* __restrict at = a + t * L;
-        const T* zt = zc + (n * g.T + t) * g.h * W;
-        for (int64_t r = 0; r < rows; ++r) {
-            const T* __restrict z0 = zt + g.i0[h0 + r] * W;
-            const T* __restrict z1 = zt + g.i1[h0 + r] * W;
-            const T l = lam[h0 + r];
-            T* __restrict ar = at + r * W;
-            for (int64_t X = 0; X < W; ++X) ar[X] = z0[X] + l * (z1[X] - z0[X]);
-        }
-        for (int64_t X = 0; X < L; ++X) {
-            aa[X] += at[X] * at[X];
-            m[X] += at[X];
-        }
-    }
-    const T invT = T(1) / T(g.T);
-    for (int64_t X = 0; X < L; ++X) {
-        m[X] *= invT;
-        inv[X] = T(1) / (aa[X] + eps);
-    }
-}
-
 // Calls block.template operator()<K>(X0) over [0, L) in blocks of 64, 16, then 1 pixels.
 template <typename F>
 inline void blocks_of(int64_t L, F&& block) {
@@ -114,6 +84,48 @@ inline void blocks_of(int64_t L, F&& block) {
     for (; X0 + 64 <= L; X0 += 64) block.template operator()<64>(X0);
     for (; X0 + 16 <= L; X0 += 16) block.template operator()<16>(X0);
     for (; X0 < L; ++X0) block.template operator()<1>(X0);
+}
+
+// A of one unit: a[t * L + r * W + X] for its rows, plus aa = sum_t a^2, m = mean_t a and
+// inv = 1 / (aa + eps).  L = rows * W; the unit's A (T * L values) stays in the L2 cache.
+template <typename T, int K>
+inline void hyperplane_block(const T* __restrict zc, T l, int64_t Tn, int64_t zstride, int64_t d1, int64_t L, T eps,
+                             T* __restrict a, T* __restrict aa_out, T* __restrict m_out, T* __restrict inv_out) {
+    // zc: row i0 of frame 0 at this block's columns; row i1 is d1 further, frame t is t * zstride.
+    T aa[K] = {}, m[K] = {};
+    for (int64_t t = 0; t < Tn; ++t) {
+        const T* __restrict z0 = zc + t * zstride;
+        const T* __restrict z1 = z0 + d1;
+        T* __restrict at = a + t * L;
+        for (int k = 0; k < K; ++k) {
+            const T v = z0[k] + l * (z1[k] - z0[k]);
+            at[k] = v;
+            aa[k] += v * v;
+            m[k] += v;
+        }
+    }
+    const T invT = T(1) / T(Tn);
+    for (int k = 0; k < K; ++k) {
+        aa_out[k] = aa[k];
+        m_out[k] = m[k] * invT;
+        inv_out[k] = T(1) / (aa[k] + eps);
+    }
+}
+
+template <typename T>
+inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, const Geometry& g, int64_t n,
+                             int64_t h0, int64_t rows, int64_t L, T eps, T* __restrict a, T* __restrict aa,
+                             T* __restrict m, T* __restrict inv) {
+    const int64_t W = g.W, zstride = g.h * W;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = h0 + r, o = r * W;
+        const T* z = zc + n * g.T * zstride + g.i0[row] * W;
+        const int64_t d1 = (g.i1[row] - g.i0[row]) * W;
+        blocks_of(W, [&]<int K>(int64_t X0) {
+            hyperplane_block<T, K>(z + X0, lam[row], g.T, zstride, d1, L, eps, a + o + X0, aa + o + X0, m + o + X0,
+                                   inv + o + X0);
+        });
+    }
 }
 
 // Software prefetch of what a block of K values at p reads 1 KB further on: with T (or C * T)
@@ -140,7 +152,7 @@ struct Scratch {
         v0 = inv + Lmax;     // (L,) forward: sum x^2; backward: yu
         v1 = v0 + Lmax;      // (L,) forward: sum y^2 (aa + 2 eps); backward: yy, then g_aa
         gB = v1 + Lmax;      // (C, L) backward
-        ga = gB + C * Lmax;  // (T, L) backward: grad A
+        ga = gB + C * Lmax;  // (T, W) backward: grad A of one row
     }
 };
 
@@ -247,17 +259,39 @@ inline void backward_block1(const T* __restrict xc, int64_t P, int64_t Tn, const
     }
 }
 
-// Backward, second pass, channel c of K pixels: ga_t += gB_c x_ct (the unit's clip is in L2 now).
+// Backward, second pass, channel c of K pixels of one image row (the unit's clip is in L2 now):
+//   ga_t = [yu / T + 2 a_t g_aa (first channel) | ga_t] + gB_c x_ct
+// and after the last channel ga_t goes straight onto the two rows of grad zc (the transpose of
+// the vertical interpolation) instead of being stored.
 template <typename T, int K>
-inline void backward_block2(const T* __restrict xc, int64_t P, int64_t Tn, int64_t L, const T* __restrict gb,
-                            T* __restrict ga) {
+inline void backward_block2(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict gb, bool first,
+                            bool last, const T* __restrict yu, const T* __restrict g_aa, const T* __restrict a,
+                            int64_t L, T* __restrict ga, int64_t W, T l, T* gz0, T* gz1, int64_t zstride) {
     T g[K];
     for (int k = 0; k < K; ++k) g[k] = gb[k];
     for (int64_t t = 0; t < Tn; ++t) {
         const T* __restrict xr = xc + t * P;
-        T* __restrict gt = ga + t * L;
+        T* __restrict gt = ga + t * W;
+        const T* __restrict at = a + t * L;
         prefetch_ahead<T, K>(xr);
-        for (int k = 0; k < K; ++k) gt[k] += g[k] * xr[k];
+        T v[K];
+        if (first)
+            for (int k = 0; k < K; ++k) v[k] = yu[k] + T(2) * at[k] * g_aa[k] + g[k] * xr[k];
+        else
+            for (int k = 0; k < K; ++k) v[k] = gt[k] + g[k] * xr[k];
+        if (!last) {
+            for (int k = 0; k < K; ++k) gt[k] = v[k];
+        } else if (gz0 == gz1) {  // a border row: both weights onto one row
+            T* __restrict z0 = gz0 + t * zstride;
+            for (int k = 0; k < K; ++k) z0[k] += v[k];
+        } else {
+            T* __restrict z0 = gz0 + t * zstride;
+            T* __restrict z1 = gz1 + t * zstride;
+            for (int k = 0; k < K; ++k) {
+                z0[k] += (T(1) - l) * v[k];
+                z1[k] += l * v[k];
+            }
+        }
     }
 }
 
@@ -288,32 +322,21 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
                                       s.gB + c * Lmax + X0);
             });
         }
-        // g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps); ga_t = yu / T + 2 a_t g_aa + sum_c gB_c x_ct
+        // g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps), kept in yy; yu / T kept in yu.
         for (int64_t X = 0; X < L; ++X) {
             yy[X] = -(s.m[X] * yu[X] + ge * (s.aa[X] + T(3) * eps) * yy[X]) * s.inv[X];
             yu[X] *= invT;
         }
-        for (int64_t t = 0; t < Tn; ++t) {
-            const T* __restrict at = s.a + t * L;
-            T* __restrict gt = ga + t * L;
-            for (int64_t X = 0; X < L; ++X) gt[X] = yu[X] + T(2) * at[X] * yy[X];
-        }
-        for (int64_t c = 0; c < C; ++c) {
-            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
-            blocks_of(L, [&]<int K>(int64_t X0) {
-                backward_block2<T, K>(xc + X0, P, Tn, L, s.gB + c * Lmax + X0, ga + X0);
-            });
-        }
-        // The transpose of the vertical interpolation: rows of grad A onto rows of grad zc.
-        for (int64_t t = 0; t < Tn; ++t) {
-            T* gt = g_zc + (n * Tn + t) * g.h * W;
-            for (int64_t r = 0; r < rows; ++r) {
-                const T* __restrict gar = ga + t * L + r * W;
-                const T l = lam[h0 + r];
-                T* __restrict gz0 = gt + g.i0[h0 + r] * W;
-                for (int64_t X = 0; X < W; ++X) gz0[X] += (T(1) - l) * gar[X];
-                T* __restrict gz1 = gt + g.i1[h0 + r] * W;
-                for (int64_t X = 0; X < W; ++X) gz1[X] += l * gar[X];
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t row = h0 + r, o = r * W;
+            T* gz = g_zc + n * Tn * g.h * W;
+            for (int64_t c = 0; c < C; ++c) {
+                const T* xc = x + (n * C + c) * Tn * P + row * W;
+                blocks_of(W, [&]<int K>(int64_t X0) {
+                    backward_block2<T, K>(xc + X0, P, Tn, s.gB + c * Lmax + o + X0, c == 0, c == C - 1, yu + o + X0,
+                                          yy + o + X0, s.a + o + X0, L, ga + X0, W, lam[row],
+                                          gz + g.i0[row] * W + X0, gz + g.i1[row] * W + X0, g.h * W);
+                });
             }
         }
     }
