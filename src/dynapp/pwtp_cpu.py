@@ -218,6 +218,9 @@ class _FusedRankOneDA(torch.autograd.Function):
         return None, g_zc, None, None
 
 
+# torch.compile must not trace into the ctypes calls (it would hand fake tensors' pointers to the
+# kernel): the fused functions are graph breaks, run eagerly.
+@torch.compiler.disable
 def rank_one_dynamic_appearance(
     x: torch.Tensor, zc: torch.Tensor, eps: float, need_static: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -259,6 +262,7 @@ class _FusedGram(torch.autograd.Function):
         return g_feat
 
 
+@torch.compiler.disable
 def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
     """Eq. 3 fused on the CPU: feat (N, C', T, h, w) float32/64 -> u (N, h, w, T(T-1)/2), contiguous.
 
