@@ -15,7 +15,10 @@ channel, ``x_i``, is projected onto the column space of ``A_i``::
 The fast path never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x - mean_t(A) y``
 and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The only work
 that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd function
-whose backward is one more pass), a plain temporal sum and a squared norm.
+whose backward is one more pass), a plain temporal sum and a squared norm.  On the CPU, the
+default D = 1 goes further (:mod:`dynapp.pwtp_cpu`): a fused kernel does all of it in one pass
+over the clip forward and one backward, with A upsampled on the fly, and the Gram features of
+Eq. 3 in one pass each way; elsewhere (GPU, D > 1, no C++ compiler) the PyTorch code below runs.
 
 Choices where the paper is silent (documented and tested):
 

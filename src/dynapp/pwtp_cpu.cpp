@@ -77,6 +77,13 @@ inline int64_t rows_per_unit(int64_t H, int64_t W) {
     return R < 1 ? 1 : (R > H ? H : R);
 }
 
+// The backward also needs units of at least two low-resolution rows (2 H / h + 2 image rows), so
+// that a few phases always separate units that share a row of grad zc, even for wide images.
+inline int64_t backward_rows_per_unit(int64_t H, int64_t W, int64_t h) {
+    const int64_t R = rows_per_unit(H, W), span = 2 * ((H + h - 1) / h) + 2;
+    return R >= span ? R : (span > H ? H : span);
+}
+
 // Calls block.template operator()<K>(X0) over [0, L) in blocks of 64, 16, then 1 pixels.
 template <typename F>
 inline void blocks_of(int64_t L, F&& block) {
@@ -369,7 +376,7 @@ template <typename T>
 void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
               int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* g_da, const T* g_stat,
               const T* g_expl, T* g_zc, int threads) {
-    const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
+    const Geometry g{N, C, Tn, H, W, h, i0, i1, backward_rows_per_unit(H, W, h)};
     // The phase order is kept with one thread too, so the rounding does not depend on threads.
     const int64_t units = g.units(), p = g.phases();
     if (p == 0) {
