@@ -9,36 +9,42 @@ of a shared machine cancels out.
     python benchmarks/bench_pwtp.py [--repeats 15] [--batch 8] [--size 224] [--compile]
 
 It prints a table and, last, one JSON line with the times (ms), the ratios to the floor and the
-keys ``forward_ratio`` and ``train_ratio`` (D = 1, the default configuration, eager).
+keys ``forward_ratio`` and ``train_ratio`` (D = 1, the default configuration, default path).
+"Forward + backward" is PWTP's own: the backward starts from fixed upstream gradients for
+(dynamic, enopr), as a backbone would hand them over.  ``train_with_loss_ratio`` times
+``(dynamic.square().mean() + enopr.mean()).backward()`` instead, which adds a loss and its
+backward over a frame-sized tensor (about 0.4x the floor).
 
-What each optimisation bought (micro-benchmarks on the 2-core development CPU, batch 8, D = 1,
-medians; the whole of it is the ``naive`` row against the ``eager`` row of the table):
+What each optimisation bought (2-core development CPU, batch 8, D = 1; the ``naive`` row against
+the ``eager`` row of the table is all of it together):
 
 * No layout copy of the clip: conv F is a (1, k, k) Conv3d reading (N, C, T, H, W) in place
-  (6.6 ms) instead of a Conv2d on a transposed (N*T, C, H, W) copy (70 ms: the 38 MB copy is
-  a fresh allocation above glibc's 32 MB mmap threshold and page-faults on every call).
+  (3-6 ms) instead of a Conv2d on a transposed (N*T, C, H, W) copy (70 ms: the 38 MB copy is
+  a fresh allocation above glibc's mmap threshold and page-faults on every call).
 * Fused reductions: DA = mean_t x - mean_t(a) y and ||p||^2 = ||x||^2 - y^2 (a.a + 2 eps) need
-  only a.x, sum_t x and ||x||^2, and no (N, C, T, H, W) temporary.  a.x as T in-place
-  multiply-adds: 2.0 ms; as ``(x * a).sum(2)``: 20 ms; as an einsum: 33 ms.
-* A hand-written backward for D = 1 (one more pass over the clip for grad_a) instead of autograd
-  through ~15 elementwise ops with clip- and frame-sized saved tensors: forward + backward went
-  from about 75 ms to about 57 ms.
-* Bilinear upsampling as two matrix products: the same numbers as F.interpolate; forward +
-  backward 5.1 ms instead of 13.5 ms (PyTorch's CPU upsample backward is a scatter).
-* The Gram features of Eq. 3 and A^T A for D > 1 as short loops of elementwise products:
-  einsum turned them into batched matmuls of thousands of 8 x 24 matrices (about 17 ms of a
-  60 ms step).  The Gram backward goes through one symmetric T x T matrix per position
-  (3.0 ms forward + backward, against 7.5 ms with a per-pair backward and 12.6 ms with bmm).
-* torch.compile (``--compile``) is reported as a separate row: on this CPU it took forward from
-  about 3.0x to 2.4x the floor and forward + backward from about 9x to 6x, after ~20 s of
-  compilation; it is not the default.
+  only a.x, sum_t x and ||x||^2, and no (N, C, T, H, W) temporary.
+* A fused CPU kernel (``dynapp/pwtp_cpu.cpp``, the default on the CPU for D = 1): one pass over
+  the clip computes a.x, sum_t x, ||x||^2 and DA, with A interpolated on the fly from the
+  (N, T, 28, 224) half-upsampled hyperplanes, so neither A at full resolution nor its gradient
+  is ever stored; the backward is one more pass (it recomputes y from the clip instead of
+  saving it).  The PyTorch version of the same arithmetic (``_RankOneDA``, still used on the GPU)
+  was 2.8-3.6x forward and 6-9x forward + backward on this machine; the kernel's forward pass
+  now takes 1.27 ms against 1.25-1.28 ms for ``x.sum(2)`` in the same process.  Inside the kernel, measured on one
+  thread: register blocks of 64 pixels instead of whole-row arrays (6.0 -> 3.8 ms), channel-
+  outer order with a software prefetch 1 KB ahead (3.8 -> 3.4 ms: the hardware prefetchers do
+  not follow 8-24 streams), A of a unit computed in register blocks (3.4 -> 2.9 ms).
+* The kernel's threads are PyTorch's own OpenMP pool (it links the libgomp PyTorch has loaded):
+  a separate std::thread pool beside PyTorch's spinning OpenMP workers ran the same kernel
+  2-2.5x slower (4.8 instead of 2.0 ms forward).
+* The Gram features of Eq. 3 in the same library (one pass each way, next block prefetched):
+  0.12 ms forward and 0.3 ms backward, against 0.5 and 1.0 ms as PyTorch ops.
+* torch.compile (``--compile``) is reported as a separate row; the fused kernel is a graph break
+  for it (``torch.compiler.disable``), so it only compiles the conv and the MLP.
 
-What is left (forward, D = 1, about 19 ms against a 6-7 ms floor): conv F 5 ms, upsampling
-2 ms, a.x 2 ms, sum_t x 1 ms, ||x||^2 0.7 ms, Gram features and MLP 2.5 ms, per-pixel
-arithmetic and allocation (page faults) the rest.  Every pass over a clip- or frame-sized
-tensor runs at memory bandwidth here (about 0.5-1 ms each), which is why the 1.5x / 4x targets
-of the issue are not reached on this machine (forward 2.8-3.6x, forward + backward 6.1-8.6x over
-four quiet runs); see the README for the table.
+What is left (forward, D = 1): conv F (also in the floor), the MLP on 6,272 positions (0.6-1.2 ms
+of small matrix products and GELUs), the Gram features and the half upsampling, and the
+allocation of fresh outputs (page faults that depend on glibc's heap state; setting
+``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` removes them for the floor and PWTP alike).
 
 The ``naive`` row (:class:`NaivePWTP`, same weights) is the straightforward version, timed in
 the same process, so the table shows what the optimisations bought together.
