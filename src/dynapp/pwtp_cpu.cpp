@@ -52,6 +52,7 @@ void parallel_ranges(int64_t count, int threads, F body) {
 
 struct Geometry {
     int64_t N, C, T, H, W, h;
+    int64_t sn, sc, st;  // strides of the clip's N, C and T dims (its H and W are contiguous)
     const int32_t* i0;  // (H,) the two low-resolution rows of image row H and the weight of the second
     const int32_t* i1;
     int64_t R;  // image rows per unit
@@ -167,14 +168,14 @@ struct Scratch {
 // T frame streams of the channel (channel-outer order: T concurrent streams, not C * T); writes
 // da (and y / static on request), accumulates sum x^2 into sq and y^2 (aa + 2 eps) into ex.
 template <typename T, int K>
-inline void forward_block(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict a, int64_t L,
+inline void forward_block(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict a, int64_t L,
                           const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps,
                           T* __restrict dc, T* __restrict sc, T* __restrict yc, T* __restrict sq, T* __restrict ex) {
     const T invT = T(1) / T(Tn);
     T S[K] = {}, B[K] = {}, q[K];
     for (int k = 0; k < K; ++k) q[k] = sq[k];
     for (int64_t t = 0; t < Tn; ++t) {
-        const T* __restrict xr = xc + t * P;
+        const T* __restrict xr = xc + t * st;
         const T* __restrict at = a + t * L;
         prefetch_ahead<T, K>(xr);
         for (int k = 0; k < K; ++k) {
@@ -208,10 +209,10 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
         unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
         for (int64_t X = 0; X < L; ++X) s.v0[X] = s.v1[X] = T(0);
         for (int64_t c = 0; c < C; ++c) {
-            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
+            const T* xc = x + n * g.sn + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&]<int K>(int64_t X0) {
-                forward_block<T, K>(xc + X0, P, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
+                forward_block<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
                                     stat ? stat + o + X0 : nullptr, y ? y + o + X0 : nullptr, s.v0 + X0,
                                     s.v1 + X0);
             });
@@ -246,13 +247,13 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
 // forward), u_c = g_static_c - g_da_c, yu += y_c u_c, yy += y_c^2, and
 // gB_c = (m u_c + 2 ge (aa + 2 eps) y_c) / (aa + eps) is stored for the second pass.
 template <typename T, int K>
-inline void backward_block1(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict a, int64_t L,
+inline void backward_block1(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict a, int64_t L,
                             const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
                             const T* __restrict gd, const T* __restrict gs, T* __restrict yu, T* __restrict yy,
                             T* __restrict gb) {
     T yc[K] = {};
     for (int64_t t = 0; t < Tn; ++t) {
-        const T* __restrict xr = xc + t * P;
+        const T* __restrict xr = xc + t * st;
         const T* __restrict at = a + t * L;
         prefetch_ahead<T, K>(xr);
         for (int k = 0; k < K; ++k) yc[k] += at[k] * xr[k];
@@ -271,13 +272,13 @@ inline void backward_block1(const T* __restrict xc, int64_t P, int64_t Tn, const
 // and after the last channel ga_t goes straight onto the two rows of grad zc (the transpose of
 // the vertical interpolation) instead of being stored.
 template <typename T, int K>
-inline void backward_block2(const T* __restrict xc, int64_t P, int64_t Tn, const T* __restrict gb, bool first,
+inline void backward_block2(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict gb, bool first,
                             bool last, const T* __restrict yu, const T* __restrict g_aa, const T* __restrict a,
                             int64_t L, T* __restrict ga, int64_t W, T l, T* gz0, T* gz1, int64_t zstride) {
     T g[K];
     for (int k = 0; k < K; ++k) g[k] = gb[k];
     for (int64_t t = 0; t < Tn; ++t) {
-        const T* __restrict xr = xc + t * P;
+        const T* __restrict xr = xc + t * st;
         T* __restrict gt = ga + t * W;
         const T* __restrict at = a + t * L;
         prefetch_ahead<T, K>(xr);
@@ -321,10 +322,10 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
         unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
         for (int64_t X = 0; X < L; ++X) yu[X] = yy[X] = T(0);
         for (int64_t c = 0; c < C; ++c) {
-            const T* xc = x + (n * C + c) * Tn * P + h0 * W;
+            const T* xc = x + n * g.sn + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&]<int K>(int64_t X0) {
-                backward_block1<T, K>(xc + X0, P, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, ge,
+                backward_block1<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, ge,
                                       g_da + o + X0, g_stat ? g_stat + o + X0 : nullptr, yu + X0, yy + X0,
                                       s.gB + c * Lmax + X0);
             });
@@ -338,9 +339,9 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
             const int64_t row = h0 + r, o = r * W;
             T* gz = g_zc + n * Tn * g.h * W;
             for (int64_t c = 0; c < C; ++c) {
-                const T* xc = x + (n * C + c) * Tn * P + row * W;
+                const T* xc = x + n * g.sn + c * g.sc + row * W;
                 blocks_of(W, [&]<int K>(int64_t X0) {
-                    backward_block2<T, K>(xc + X0, P, Tn, s.gB + c * Lmax + o + X0, c == 0, c == C - 1, yu + o + X0,
+                    backward_block2<T, K>(xc + X0, g.st, Tn, s.gB + c * Lmax + o + X0, c == 0, c == C - 1, yu + o + X0,
                                           yy + o + X0, s.a + o + X0, L, ga + X0, W, lam[row],
                                           gz + g.i0[row] * W + X0, gz + g.i1[row] * W + X0, g.h * W);
                 });
@@ -352,10 +353,10 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
 // Also reduces the per-row sums to res_sq[n] = ||x_n||^2 - explained_n (double) and
 // enopr[n] = max(res_sq[n], 0) / (C H W), in a fixed order.
 template <typename T>
-void forward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
-             int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* res_sq, T* enopr,
+void forward(const T* x, int64_t sn, int64_t sc, int64_t st, const T* zc, const int32_t* i0, const int32_t* i1,
+             const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* res_sq, T* enopr,
              int threads) {
-    const Geometry g{N, C, Tn, H, W, h, i0, i1, rows_per_unit(H, W)};
+    const Geometry g{N, C, Tn, H, W, h, sn, sc, st, i0, i1, rows_per_unit(H, W)};
     std::vector<double> xx_rows(N * H), expl_rows(N * H);
     parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
         forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows.data(), expl_rows.data(), u0, u1);
@@ -373,10 +374,10 @@ void forward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, cons
 
 // g_zc must be zero on entry; it is accumulated into.
 template <typename T>
-void backward(const T* x, const T* zc, const int32_t* i0, const int32_t* i1, const T* lam, int64_t N, int64_t C,
-              int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* g_da, const T* g_stat,
+void backward(const T* x, int64_t sn, int64_t sc, int64_t st, const T* zc, const int32_t* i0, const int32_t* i1,
+              const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* g_da, const T* g_stat,
               const T* g_expl, T* g_zc, int threads) {
-    const Geometry g{N, C, Tn, H, W, h, i0, i1, backward_rows_per_unit(H, W, h)};
+    const Geometry g{N, C, Tn, H, W, h, sn, sc, st, i0, i1, backward_rows_per_unit(H, W, h)};
     // The phase order is kept with one thread too, so the rounding does not depend on threads.
     const int64_t units = g.units(), p = g.phases();
     if (p == 0) {
@@ -493,33 +494,33 @@ void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, i
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 4; }
+int dynapp_pwtp_abi_version() { return 5; }
 
-void dynapp_da1_forward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
+void dynapp_da1_forward_f32(const float* x, int64_t sn, int64_t sc, int64_t st, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da,
                             float* stat, float* y, double* res_sq, float* enopr, int threads) {
-    forward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
+    forward<float>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
 }
 
-void dynapp_da1_forward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
+void dynapp_da1_forward_f64(const double* x, int64_t sn, int64_t sc, int64_t st, const double* zc, const int32_t* i0, const int32_t* i1,
                             const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
                             double eps, double* da, double* stat, double* y, double* res_sq, double* enopr,
                             int threads) {
-    forward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
+    forward<double>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
 }
 
-void dynapp_da1_backward_f32(const float* x, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
+void dynapp_da1_backward_f32(const float* x, int64_t sn, int64_t sc, int64_t st, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
                              int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps,
                              const float* g_da, const float* g_stat, const float* g_expl,
                              float* g_zc, int threads) {
-    backward<float>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
+    backward<float>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
 }
 
-void dynapp_da1_backward_f64(const double* x, const double* zc, const int32_t* i0, const int32_t* i1,
+void dynapp_da1_backward_f64(const double* x, int64_t sn, int64_t sc, int64_t st, const double* zc, const int32_t* i0, const int32_t* i1,
                              const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
                              double eps, const double* g_da, const double* g_stat,
                              const double* g_expl, double* g_zc, int threads) {
-    backward<double>(x, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
+    backward<double>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
 }
 
 void dynapp_gram_forward_f32(const float* f, int64_t N, int64_t C, int64_t T, int64_t Q, float* u, int threads) {

@@ -101,10 +101,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"dynapp_da1_forward_{suffix}")
-        fwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        fwd.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
         fwd.restype = None
         bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
-        bwd.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
+        bwd.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
         bwd.restype = None
         gram_f = getattr(lib, f"dynapp_gram_forward_{suffix}")
         gram_f.argtypes = [p, i64, i64, i64, i64, p, i32]
@@ -113,7 +113,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
         gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 4:
+    if lib.dynapp_pwtp_abi_version() != 5:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -181,7 +181,7 @@ class _FusedRankOneDA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, zc, eps, need_static):
-        # x: (N, C, T, H, W) contiguous; zc: (N, T, h, W) contiguous, same dtype.
+        # x: (N, C, T, H, W) with each frame contiguous; zc: (N, T, h, W) contiguous, same dtype.
         lib = _library()
         N, C, T, H, W = x.shape
         h = zc.shape[2]
@@ -191,8 +191,8 @@ class _FusedRankOneDA(torch.autograd.Function):
         res_sq = torch.empty(N, dtype=torch.float64)  # ||x||^2 - explained, before the clamp at 0
         enopr = x.new_empty(N)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
-        fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
-           da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
+        fn(x.data_ptr(), *x.stride()[:3], zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
+           eps, da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, zc, res_sq)  # the backward recomputes y = a.x / (a.a + eps)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
@@ -213,7 +213,8 @@ class _FusedRankOneDA(torch.autograd.Function):
         g_zc = torch.zeros_like(zc)  # accumulated into by the kernel
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
-        fn(x.data_ptr(), zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, ctx.eps,
+        fn(x.data_ptr(), *x.stride()[:3], zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
+           ctx.eps,
            g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
         return None, g_zc, None, None
 
@@ -233,7 +234,10 @@ def rank_one_dynamic_appearance(
     """
     if x.dim() != 5 or zc.dim() != 4 or zc.shape[:2] != (x.shape[0], x.shape[2]) or zc.shape[3] != x.shape[4]:
         raise ValueError(f"expected x (N, C, T, H, W) and zc (N, T, h, W); got {tuple(x.shape)} and {tuple(zc.shape)}")
-    out = _FusedRankOneDA.apply(x.contiguous(), zc.to(x.dtype).contiguous(), float(eps), need_static)
+    H, W = x.shape[3:]
+    if (W > 1 and x.stride(4) != 1) or (H > 1 and x.stride(3) != W):  # any N, C, T strides are fine
+        x = x.contiguous()
+    out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static)
     return (out[0], out[1], out[2] if need_static else None)
 
 
