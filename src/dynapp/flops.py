@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynapp import pwtp_cpu
+
 __all__ = ["FlopsReport", "count_macs", "count_params", "model_flops", "PAPER_MODELS", "paper_rows", "format_table"]
 
 
@@ -80,7 +82,8 @@ def model_flops(
     rep_gflops = None
     if not representation.startswith("flow"):
         clip = torch.randn(1, in_channels, segments * frames, crop, crop, generator=torch.Generator().manual_seed(0))
-        rep_gflops = count_macs(rep, clip) / 1e9
+        with pwtp_cpu.disabled():  # count PWTP op by op (the fused CPU kernel is opaque to the counter)
+            rep_gflops = count_macs(rep, clip) / 1e9
     with torch.device("meta"):
         net = build_backbone(backbone, in_channels=rep.out_channels, num_segments=rep.out_frames, **(backbone_kwargs or {}))
         head = nn.Linear(net.num_features, num_classes)

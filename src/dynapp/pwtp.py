@@ -403,7 +403,7 @@ def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
     feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2): the Gram matrix of the T feature vectors
     divided by C', upper triangle without the diagonal, row-major (t1 < t2).
     """
-    if feat.device.type == "cpu" and feat.dtype in (torch.float32, torch.float64) and pwtp_cpu.available():
+    if feat.device.type == "cpu" and feat.dtype in (torch.float32, torch.float64) and pwtp_cpu.enabled():
         return pwtp_cpu.relation_descriptor(feat)  # fused kernel, (N, h, w, P) contiguous
     u = _PairwiseSimilarity.apply(feat) / feat.shape[1]  # (N, P, h, w)
     return u.permute(0, 2, 3, 1)

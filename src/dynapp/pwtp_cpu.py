@@ -16,6 +16,7 @@ warning; the two agree to rounding (``tests/test_pwtp_cpu.py``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,6 +33,8 @@ import torch
 
 __all__ = [
     "available",
+    "disabled",
+    "enabled",
     "supports",
     "rank_one_dynamic_appearance",
     "relation_descriptor",
@@ -141,9 +144,25 @@ def _library() -> ctypes.CDLL | None:
         return lib
 
 
+@contextlib.contextmanager
+def disabled():
+    """Within this context PWTP takes the PyTorch path (e.g. to count FLOPs op by op)."""
+    previous = _state.get("off", False)
+    _state["off"] = True
+    try:
+        yield
+    finally:
+        _state["off"] = previous
+
+
 def available() -> bool:
     """True if the fused CPU kernel is built and loaded (builds it on first call)."""
     return _library() is not None
+
+
+def enabled() -> bool:
+    """True if PWTP uses the fused kernel on the CPU: built, loaded and not within :func:`disabled`."""
+    return not _state.get("off", False) and available()
 
 
 def supports(x: torch.Tensor, rank: int) -> bool:
@@ -153,7 +172,7 @@ def supports(x: torch.Tensor, rank: int) -> bool:
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not x.requires_grad
-        and available()
+        and enabled()
     )
 
 
