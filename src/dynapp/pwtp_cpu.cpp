@@ -450,16 +450,18 @@ void gram_backward_block(const T* __restrict f, const T* __restrict gu, int64_t 
 }
 
 // Blocks of 16 positions of one sample (and a tail of single positions), over all samples.
+// Each thread gets a scratch of T * T * 16 values for the backward's gradient matrices.
 template <typename T, typename Block16, typename Block1>
-void gram_blocks(int64_t N, int64_t Q, int threads, Block16 b16, Block1 b1) {
+void gram_blocks(int64_t N, int64_t Tn, int64_t Q, int threads, Block16 b16, Block1 b1) {
     const int64_t per = Q / 16 + Q % 16;  // work items per sample
     parallel_ranges(N * per, threads, [&](int64_t k0, int64_t k1) {
+        std::vector<T> scratch(Tn * Tn * 16);
         for (int64_t k = k0; k < k1; ++k) {
             const int64_t n = k / per, j = k % per;
             if (j < Q / 16)
-                b16(n, j * 16);
+                b16(n, j * 16, scratch.data());
             else
-                b1(n, (Q / 16) * 16 + (j - Q / 16));
+                b1(n, (Q / 16) * 16 + (j - Q / 16), scratch.data());
         }
     });
 }
@@ -468,25 +470,27 @@ template <typename T>
 void gram_forward(const T* f, int64_t N, int64_t Cf, int64_t Tn, int64_t Q, T* u, int threads) {
     const int64_t pairs = Tn * (Tn - 1) / 2;
     gram_blocks<T>(
-        N, Q, threads,
-        [&](int64_t n, int64_t p) { gram_forward_block<T, 16>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs); },
-        [&](int64_t n, int64_t p) { gram_forward_block<T, 1>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs); });
+        N, Tn, Q, threads,
+        [&](int64_t n, int64_t p, T*) {
+            gram_forward_block<T, 16>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs);
+        },
+        [&](int64_t n, int64_t p, T*) {
+            gram_forward_block<T, 1>(f + n * Cf * Tn * Q + p, Cf, Tn, Q, u + (n * Q + p) * pairs);
+        });
 }
 
 template <typename T>
 void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, int64_t Q, T* gf, int threads) {
     const int64_t pairs = Tn * (Tn - 1) / 2;
     gram_blocks<T>(
-        N, Q, threads,
-        [&](int64_t n, int64_t p) {
-            std::vector<T> G(Tn * Tn * 16);
+        N, Tn, Q, threads,
+        [&](int64_t n, int64_t p, T* G) {
             gram_backward_block<T, 16>(f + n * Cf * Tn * Q + p, gu + (n * Q + p) * pairs, Cf, Tn, Q,
-                                       gf + n * Cf * Tn * Q + p, G.data());
+                                       gf + n * Cf * Tn * Q + p, G);
         },
-        [&](int64_t n, int64_t p) {
-            std::vector<T> G(Tn * Tn);
+        [&](int64_t n, int64_t p, T* G) {
             gram_backward_block<T, 1>(f + n * Cf * Tn * Q + p, gu + (n * Q + p) * pairs, Cf, Tn, Q,
-                                      gf + n * Cf * Tn * Q + p, G.data());
+                                      gf + n * Cf * Tn * Q + p, G);
         });
 }
 

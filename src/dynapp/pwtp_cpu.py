@@ -9,9 +9,9 @@ matrix product done here), so A at full resolution is never written.
 
 The kernel is plain C++ with a C ABI, compiled with the system compiler (``$CXX`` or ``c++``)
 the first time it is needed (about 2 s) into ``$DYNAPP_CACHE`` (default
-``~/.cache/dynapp``), and called through ctypes, which releases the GIL.  Where there is no
-compiler, or ``DYNAPP_NO_KERNEL=1`` is set, PWTP falls back to the eager path with one
-warning; the two agree to rounding (``tests/test_pwtp_cpu.py``).
+``~/.cache/dynapp``), and called through ctypes, which releases the GIL.  Where it cannot be
+built (no compiler), PWTP falls back to the eager path with one warning; ``DYNAPP_NO_KERNEL=1``
+chooses the eager path silently.  The two agree to rounding (``tests/test_pwtp_cpu.py``).
 """
 
 from __future__ import annotations
@@ -76,28 +76,36 @@ def _compile(compiler: str, flags: list[str], out: str) -> None:
 
 
 def _build(compiler: str) -> Path:
-    """Compile the kernel (once per source, compiler and CPU) and return the .so path."""
+    """Compile the kernel (once per source, compiler and CPU) and return the .so path.
+
+    The OpenMP build is tried first (and looked up first); only if it fails is a serial build
+    made, under its own name, so a one-off OpenMP failure is retried by the next process.
+    """
     source = _SOURCE.read_bytes()
-    ident = " ".join([compiler, *_FLAGS, *_OPENMP, platform.machine(), _cpu_identity()])
-    key = hashlib.sha256(source + ident.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
-    lib = out_dir / f"pwtp_cpu-{key}.so"
-    if lib.exists():
-        return lib
+    candidates = []
+    for flags, kind in ((_FLAGS + _OPENMP, "omp"), (_FLAGS, "serial")):
+        ident = " ".join([compiler, *flags, platform.machine(), _cpu_identity()])
+        key = hashlib.sha256(source + ident.encode()).hexdigest()[:16]
+        candidates.append((flags, out_dir / f"pwtp_cpu-{kind}-{key}.so"))
+    if candidates[0][1].exists():
+        return candidates[0][1]
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Compile to a private name, then rename: concurrent processes (DDP ranks) never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
+    error = None
+    for flags, lib in candidates:
+        # Compile to a private name, then rename: concurrent processes (DDP ranks) never see half a file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
         try:
-            _compile(compiler, _FLAGS + _OPENMP, tmp)
-        except RuntimeError:  # e.g. a compiler without OpenMP: single-threaded kernel
-            _compile(compiler, _FLAGS, tmp)
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
+            _compile(compiler, flags, tmp)
+            os.replace(tmp, lib)
+            return lib
+        except RuntimeError as e:  # e.g. a compiler without OpenMP: try the serial build
+            error = error or e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise error
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -246,11 +254,13 @@ def rank_one_dynamic_appearance(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
 
-    x: (N, C, T, H, W) clip (not requiring grad); zc: (N, T, h, W) the hyperplanes upsampled along
+    x: (N, C, T, H, W) clip (not requiring grad: ValueError otherwise); zc: (N, T, h, W) the hyperplanes upsampled along
     W only (``z @ U_w^T``).  A is ``zc`` interpolated linearly along h to H (align_corners=False).
     Returns ``(da, enopr, static or None)``, equal to :func:`dynapp.pwtp.dynamic_appearance` on the
     fully upsampled A.
     """
+    if x.requires_grad:
+        raise ValueError("the fused kernel gives no gradient for the clip; use dynapp.pwtp.dynamic_appearance")
     if x.dim() != 5 or zc.dim() != 4 or zc.shape[:2] != (x.shape[0], x.shape[2]) or zc.shape[3] != x.shape[4]:
         raise ValueError(f"expected x (N, C, T, H, W) and zc (N, T, h, W); got {tuple(x.shape)} and {tuple(zc.shape)}")
     H, W = x.shape[3:]
