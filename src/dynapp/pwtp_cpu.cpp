@@ -21,6 +21,7 @@
 // that no two units of a phase share one.  The result does not depend on the number of threads.
 
 #include <cstdint>
+#include <type_traits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -85,13 +86,17 @@ inline int64_t backward_rows_per_unit(int64_t H, int64_t W, int64_t h) {
     return R >= span ? R : (span > H ? H : span);
 }
 
-// Calls block.template operator()<K>(X0) over [0, L) in blocks of 64, 16, then 1 pixels.
+// Calls block(Width<K>(), X0) over [0, L) in blocks of K = 64, 16, then 1 pixels (C++17: the
+// block width reaches the generic lambda as a type).
+template <int K>
+using Width = std::integral_constant<int, K>;
+
 template <typename F>
 inline void blocks_of(int64_t L, F&& block) {
     int64_t X0 = 0;
-    for (; X0 + 64 <= L; X0 += 64) block.template operator()<64>(X0);
-    for (; X0 + 16 <= L; X0 += 16) block.template operator()<16>(X0);
-    for (; X0 < L; ++X0) block.template operator()<1>(X0);
+    for (; X0 + 64 <= L; X0 += 64) block(Width<64>(), X0);
+    for (; X0 + 16 <= L; X0 += 16) block(Width<16>(), X0);
+    for (; X0 < L; ++X0) block(Width<1>(), X0);
 }
 
 // A of one unit: a[t * L + r * W + X] for its rows, plus aa = sum_t a^2, m = mean_t a and
@@ -129,7 +134,8 @@ inline void unit_hyperplanes(const T* __restrict zc, const T* __restrict lam, co
         const int64_t row = h0 + r, o = r * W;
         const T* z = zc + n * g.T * zstride + g.i0[row] * W;
         const int64_t d1 = (g.i1[row] - g.i0[row]) * W;
-        blocks_of(W, [&]<int K>(int64_t X0) {
+        blocks_of(W, [&](auto width, int64_t X0) {
+            constexpr int K = decltype(width)::value;
             hyperplane_block<T, K>(z + X0, lam[row], g.T, zstride, d1, L, eps, a + o + X0, aa + o + X0, m + o + X0,
                                    inv + o + X0);
         });
@@ -211,7 +217,8 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
         for (int64_t c = 0; c < C; ++c) {
             const T* xc = x + n * g.sn + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
-            blocks_of(L, [&]<int K>(int64_t X0) {
+            blocks_of(L, [&](auto width, int64_t X0) {
+                constexpr int K = decltype(width)::value;
                 forward_block<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
                                     stat ? stat + o + X0 : nullptr, y ? y + o + X0 : nullptr, s.v0 + X0,
                                     s.v1 + X0);
@@ -324,7 +331,8 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
         for (int64_t c = 0; c < C; ++c) {
             const T* xc = x + n * g.sn + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
-            blocks_of(L, [&]<int K>(int64_t X0) {
+            blocks_of(L, [&](auto width, int64_t X0) {
+                constexpr int K = decltype(width)::value;
                 backward_block1<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, ge,
                                       g_da + o + X0, g_stat ? g_stat + o + X0 : nullptr, yu + X0, yy + X0,
                                       s.gB + c * Lmax + X0);
@@ -340,7 +348,8 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
             T* gz = g_zc + n * Tn * g.h * W;
             for (int64_t c = 0; c < C; ++c) {
                 const T* xc = x + n * g.sn + c * g.sc + row * W;
-                blocks_of(W, [&]<int K>(int64_t X0) {
+                blocks_of(W, [&](auto width, int64_t X0) {
+                    constexpr int K = decltype(width)::value;
                     backward_block2<T, K>(xc + X0, g.st, Tn, s.gB + c * Lmax + o + X0, c == 0, c == C - 1, yu + o + X0,
                                           yy + o + X0, s.a + o + X0, L, ga + X0, W, lam[row],
                                           gz + g.i0[row] * W + X0, gz + g.i1[row] * W + X0, g.h * W);

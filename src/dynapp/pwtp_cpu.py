@@ -45,17 +45,19 @@ _SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
 # -march=native: the library is built on the machine that runs it, and its file name carries the
 # CPU's identity (below), so a shared cache directory never hands it to a different CPU.
 # -fopenmp: run on PyTorch's own OpenMP pool (see run_units in the .cpp); retried without it.
-_FLAGS = ["-O3", "-march=native", "-std=c++20", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
 _OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
 _state: dict = {}
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the library may live: $DYNAPP_CACHE (or ~/.cache/dynapp), then a per-user temp folder."""
     root = os.environ.get("DYNAPP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dynapp"
     )
-    return Path(root) / "kernels"
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return [Path(root) / "kernels", Path(tempfile.gettempdir()) / f"dynapp-{user}" / "kernels"]
 
 
 def _cpu_identity() -> str:
@@ -82,15 +84,23 @@ def _build(compiler: str) -> Path:
     made, under its own name, so a one-off OpenMP failure is retried by the next process.
     """
     source = _SOURCE.read_bytes()
-    out_dir = _cache_dir()
-    candidates = []
+    names = []
     for flags, kind in ((_FLAGS + _OPENMP, "omp"), (_FLAGS, "serial")):
         ident = " ".join([compiler, *flags, platform.machine(), _cpu_identity()])
-        key = hashlib.sha256(source + ident.encode()).hexdigest()[:16]
-        candidates.append((flags, out_dir / f"pwtp_cpu-{kind}-{key}.so"))
-    if candidates[0][1].exists():
-        return candidates[0][1]
-    out_dir.mkdir(parents=True, exist_ok=True)
+        names.append((flags, f"pwtp_cpu-{kind}-{hashlib.sha256(source + ident.encode()).hexdigest()[:16]}.so"))
+    for out_dir in _cache_dirs():
+        if (out_dir / names[0][1]).exists():
+            return out_dir / names[0][1]
+    for out_dir in _cache_dirs():  # the first writable one
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if os.access(out_dir, os.W_OK):
+                break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"no writable cache directory among {[str(d) for d in _cache_dirs()]}")
+    candidates = [(flags, out_dir / name) for flags, name in names]
     error = None
     for flags, lib in candidates:
         # Compile to a private name, then rename: concurrent processes (DDP ranks) never see half a file.
