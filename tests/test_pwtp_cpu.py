@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -367,3 +368,16 @@ def test_torch_compile_runs_around_the_kernel(kernel):
     assert_rel_close(out.dynamic.detach(), ref.dynamic.detach(), 1e-5, "dynamic")
     (out.dynamic.square().mean() + out.enopr.mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in pwtp.parameters())
+
+
+def test_unusable_cache_directory_falls_back_to_temp(fresh_state, monkeypatch, tmp_path):
+    """A $DYNAPP_CACHE that cannot be created (here: below a plain file) gives a per-user temp folder."""
+    if _compiler() is None:
+        pytest.skip("no C++ compiler")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("DYNAPP_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert pwtp_cpu.available()
+    built = [f for f in (tmp_path / "tmp").rglob("*.so")]
+    assert len(built) == 1 and pwtp_cpu._state["lib"]._name == str(built[0])

@@ -88,16 +88,15 @@ def _build(compiler: str) -> Path:
     for flags, kind in ((_FLAGS + _OPENMP, "omp"), (_FLAGS, "serial")):
         ident = " ".join([compiler, *flags, platform.machine(), _cpu_identity()])
         names.append((flags, f"pwtp_cpu-{kind}-{hashlib.sha256(source + ident.encode()).hexdigest()[:16]}.so"))
-    for out_dir in _cache_dirs():
+    for out_dir in _cache_dirs():  # the first that has the library or can hold it
         if (out_dir / names[0][1]).exists():
             return out_dir / names[0][1]
-    for out_dir in _cache_dirs():  # the first writable one
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            if os.access(out_dir, os.W_OK):
-                break
         except OSError:
             continue
+        if os.access(out_dir, os.W_OK):
+            break
     else:
         raise RuntimeError(f"no writable cache directory among {[str(d) for d in _cache_dirs()]}")
     candidates = [(flags, out_dir / name) for flags, name in names]
