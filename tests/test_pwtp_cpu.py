@@ -1,5 +1,6 @@
 """The fused CPU kernel (dynapp.pwtp_cpu) against the eager path of dynapp.pwtp, plus its build and fallback."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -291,10 +292,14 @@ def test_supports(kernel):
 
 def test_rejects_mismatched_shapes(kernel):
     x = torch.zeros(2, 3, 8, 4, 6)
-    with pytest.raises(ValueError, match=r"zc \(N, T, h, W\)"):
+    with pytest.raises(ValueError, match=r"zc must have shape \(2, 8, h, 6\)"):
         pwtp_cpu.rank_one_dynamic_appearance(x, torch.zeros(2, 8, 2, 5), 1e-6)  # width 5 != 6
-    with pytest.raises(ValueError, match=r"zc \(N, T, h, W\)"):
+    with pytest.raises(ValueError, match=r"zc must have shape \(2, 8, h, 6\)"):
         pwtp_cpu.rank_one_dynamic_appearance(x, torch.zeros(2, 7, 2, 6), 1e-6)  # 7 frames != 8
+    with pytest.raises(ValueError, match=r"zc must have shape \(6, 8, h, 6\)"):  # 2 clips x 3 segments
+        pwtp_cpu.rank_one_dynamic_appearance(torch.zeros(2, 3, 3, 8, 4, 6), torch.zeros(2, 8, 2, 6), 1e-6)
+    with pytest.raises(ValueError, match=r"expected x \(N, C, T, H, W\) or"):
+        pwtp_cpu.rank_one_dynamic_appearance(x[0], torch.zeros(2, 8, 2, 6), 1e-6)
     with pytest.raises(ValueError, match="features"):
         pwtp_cpu.relation_descriptor(torch.zeros(2, 3, 8, 4))
 
@@ -381,3 +386,37 @@ def test_unusable_cache_directory_falls_back_to_temp(fresh_state, monkeypatch, t
     assert pwtp_cpu.available()
     built = [f for f in (tmp_path / "tmp").rglob("*.so")]
     assert len(built) == 1 and pwtp_cpu._state["lib"]._name == str(built[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_segmented_clip_is_read_in_place(kernel, dtype):
+    """(N, S, C, T, H, W) views of an (N, C, S*T, H, W) clip give what the folded copy gives, bitwise."""
+    N, S, C, T, H, W, h, w = 2, 3, 3, 4, 24, 20, 3, 5
+    clip, _ = random_inputs(N, C, S * T, H, W, h, w, dtype)
+    view = clip.unflatten(2, (S, T)).transpose(1, 2)  # (N, S, C, T, H, W), no copy
+    folded = view.reshape(N * S, C, T, H, W)  # the copy the PyTorch path makes
+    assert view.data_ptr() == clip.data_ptr() and folded.data_ptr() != clip.data_ptr()
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(N * S, T, h, w, generator=g, dtype=torch.float64).to(dtype)
+    grads = [torch.randn(N * S, C, H, W, generator=g, dtype=torch.float64).to(dtype),
+             torch.randn(N * S, generator=g, dtype=torch.float64).to(dtype),
+             torch.randn(N * S, C, H, W, generator=g, dtype=torch.float64).to(dtype)]
+    got, g_got = outputs_and_grad(fused, view, z, grads)
+    ref, g_ref = outputs_and_grad(fused, folded, z, grads)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref)) and torch.equal(g_got, g_ref)
+
+
+def test_pwtp_segments_equal_folding_the_batch(kernel):
+    """PWTP(clip, segments=S) equals PWTP on the clip with its segments folded into the batch, on both paths."""
+    torch.manual_seed(0)
+    pwtp = PWTP(frames=4).eval()  # eval: BatchNorm statistics do not depend on the call
+    N, S = 2, 3
+    clip = torch.randn(N, 3, S * 4, 32, 40)
+    folded = clip.unflatten(2, (S, 4)).transpose(1, 2).reshape(N * S, 3, 4, 32, 40)
+    for kernel_on in (True, False):
+        with (contextlib.nullcontext() if kernel_on else pwtp_cpu.disabled()), torch.no_grad():
+            out, ref = pwtp(clip, segments=S, return_static=True), pwtp(folded, return_static=True)
+        for a, b in zip(out[:3], ref[:3]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"S\*T"):
+        pwtp(clip, segments=2)

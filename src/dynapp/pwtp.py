@@ -497,49 +497,66 @@ class PWTP(nn.Module):
         self.blocks = nn.Sequential(*[_Bottleneck(width, inner) for _ in range(blocks)])
         self.head = nn.Linear(width, frames * rank)
 
-    def _check(self, x: torch.Tensor) -> None:
-        expected = f"(N, {self.in_channels}, {self.frames}, H, W)"
-        if x.dim() != 5:
-            raise ValueError(f"PWTP expects a clip of shape {expected} (N, C, T, H, W); got {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels or x.shape[2] != self.frames:
-            raise ValueError(
-                f"PWTP expects a clip of shape {expected} (N, C, T, H, W); got {tuple(x.shape)}"
-            )
+    def _check(self, x: torch.Tensor, segments: int = 1) -> None:
+        frames = segments * self.frames
+        expected = f"(N, {self.in_channels}, {frames}, H, W)"
+        what = "(N, C, T, H, W)" if segments == 1 else f"(N, C, S*T, H, W) with S={segments}"
+        if segments < 1 or x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != frames:
+            raise ValueError(f"PWTP expects a clip of shape {expected} {what}; got {tuple(x.shape)}")
 
-    def coarse_hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N, T*D, h, w), in float32 or float64."""
-        self._check(x)
-        N, _, T, H, W = x.shape
-        feat = self.conv(x)  # (N, C', T, h, w)
-        u = relation_descriptor(feat)  # (N, h, w, P)
-        h, w = u.shape[1:3]
-        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*h*w, rP)
-        z = self.head(self.blocks(z))  # (N*h*w, T*D)
-        z = z.reshape(N, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N, T*D, h, w)
+    def _fold(self, x: torch.Tensor, segments: int) -> torch.Tensor:
+        """(N, C, S*T, ...) -> (N*S, C, T, ...): the segments into the batch (a copy when N, S > 1)."""
+        if segments == 1:
+            return x
+        N, C = x.shape[:2]
+        x = x.unflatten(2, (segments, self.frames)).transpose(1, 2)  # (N, S, C, T, ...)
+        return x.reshape(N * segments, C, self.frames, *x.shape[4:])
+
+    def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
+        self._check(x, segments)
+        T = self.frames
+        # Conv F works frame by frame, so it runs on the clip as it is; only its small output is
+        # folded (N, C', S*T, h, w) -> (N*S, C', T, h, w).
+        feat = self._fold(self.conv(x), segments)
+        u = relation_descriptor(feat)  # (N*S, h, w, P)
+        NS, h, w = u.shape[:3]
+        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*S*h*w, rP)
+        z = self.head(self.blocks(z))  # (N*S*h*w, T*D)
+        z = z.reshape(NS, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N*S, T*D, h, w)
         return z.to(_working_dtype(x, z))
 
-    def hyperplanes(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 2-4: A = Upsample(MLP(u)), shape (N, T, D, H, W)."""
-        N, _, T, H, W = x.shape
-        z = self.coarse_hyperplanes(x)
+    def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
+        H, W = x.shape[-2:]
+        z = self.coarse_hyperplanes(x, segments)
         with torch.autocast(x.device.type, enabled=False):
-            A = upsample_bilinear(z, (H, W))  # (N, T*D, H, W)
-        return A.reshape(N, T, self.rank, H, W)
+            A = upsample_bilinear(z, (H, W))  # (N*S, T*D, H, W)
+        return A.reshape(z.shape[0], self.frames, self.rank, H, W)
 
-    def forward(self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False) -> PWTPOutput:
-        self._check(x)
+    def forward(
+        self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False, segments: int = 1
+    ) -> PWTPOutput:
+        """x: (N, C, T, H, W), or (N, C, S*T, H, W) with ``segments=S``: one output per segment
+        (N*S of them, in (n, s) order), as if the segments were folded into the batch, without
+        copying the clip on the CPU path."""
+        self._check(x, segments)
         if not return_residual and pwtp_cpu.supports(x, self.rank):
             # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
-            N, _, T, H, W = x.shape
-            z = self.coarse_hyperplanes(x).contiguous()  # (N, T, h, w)
+            N, C, _, H, W = x.shape
+            z = self.coarse_hyperplanes(x, segments).contiguous()  # (N*S, T, h, w)
             with torch.autocast(x.device.type, enabled=False):
                 dt = z.dtype
                 Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
-                zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N, T, h, W): one GEMM
+                zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N*S, T, h, W): one GEMM
                 eps, _ = _regularisers(dt, None, None)
-                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(x.to(dt), zc, eps, return_static)
+                clip = x.to(dt)
+                if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
+                    clip = clip.unflatten(2, (segments, self.frames)).transpose(1, 2)
+                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(clip, zc, eps, return_static)
             return PWTPOutput(da, enopr, static)
-        A = self.hyperplanes(x)
+        A = self.hyperplanes(x, segments)
+        x = self._fold(x, segments)
         da, enopr, static = dynamic_appearance(x, A)
         residual = x.to(A.dtype) - project(x, A) if return_residual else None
         return PWTPOutput(da, enopr, static if return_static else None, residual)

@@ -53,7 +53,10 @@ void parallel_ranges(int64_t count, int threads, F body) {
 
 struct Geometry {
     int64_t N, C, T, H, W, h;
-    int64_t sn, sc, st;  // strides of the clip's N, C and T dims (its H and W are contiguous)
+    // The clip: sample n is segment n % S of clip n / S, at x + (n / S) * sN + (n % S) * sS; its
+    // channels and frames are sc and st apart; each frame (H, W) is contiguous.
+    int64_t sN, S, sS, sc, st;
+    int64_t sample(int64_t n) const { return (n / S) * sN + (n % S) * sS; }
     const int32_t* i0;  // (H,) the two low-resolution rows of image row H and the weight of the second
     const int32_t* i1;
     int64_t R;  // image rows per unit
@@ -215,7 +218,7 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
         unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
         for (int64_t X = 0; X < L; ++X) s.v0[X] = s.v1[X] = T(0);
         for (int64_t c = 0; c < C; ++c) {
-            const T* xc = x + n * g.sn + c * g.sc + h0 * W;
+            const T* xc = x + g.sample(n) + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&](auto width, int64_t X0) {
                 constexpr int K = decltype(width)::value;
@@ -329,7 +332,7 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
         unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
         for (int64_t X = 0; X < L; ++X) yu[X] = yy[X] = T(0);
         for (int64_t c = 0; c < C; ++c) {
-            const T* xc = x + n * g.sn + c * g.sc + h0 * W;
+            const T* xc = x + g.sample(n) + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&](auto width, int64_t X0) {
                 constexpr int K = decltype(width)::value;
@@ -347,7 +350,7 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
             const int64_t row = h0 + r, o = r * W;
             T* gz = g_zc + n * Tn * g.h * W;
             for (int64_t c = 0; c < C; ++c) {
-                const T* xc = x + n * g.sn + c * g.sc + row * W;
+                const T* xc = x + g.sample(n) + c * g.sc + row * W;
                 blocks_of(W, [&](auto width, int64_t X0) {
                     constexpr int K = decltype(width)::value;
                     backward_block2<T, K>(xc + X0, g.st, Tn, s.gB + c * Lmax + o + X0, c == 0, c == C - 1, yu + o + X0,
@@ -362,10 +365,10 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
 // Also reduces the per-row sums to res_sq[n] = ||x_n||^2 - explained_n (double) and
 // enopr[n] = max(res_sq[n], 0) / (C H W), in a fixed order.
 template <typename T>
-void forward(const T* x, int64_t sn, int64_t sc, int64_t st, const T* zc, const int32_t* i0, const int32_t* i1,
-             const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, T* da, T* stat, T* y, double* res_sq, T* enopr,
-             int threads) {
-    const Geometry g{N, C, Tn, H, W, h, sn, sc, st, i0, i1, rows_per_unit(H, W)};
+void forward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st, const T* zc, const int32_t* i0,
+             const int32_t* i1, const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps,
+             T* da, T* stat, T* y, double* res_sq, T* enopr, int threads) {
+    const Geometry g{N, C, Tn, H, W, h, sN, S, sS, sc, st, i0, i1, rows_per_unit(H, W)};
     std::vector<double> xx_rows(N * H), expl_rows(N * H);
     parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
         forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows.data(), expl_rows.data(), u0, u1);
@@ -383,10 +386,10 @@ void forward(const T* x, int64_t sn, int64_t sc, int64_t st, const T* zc, const 
 
 // g_zc must be zero on entry; it is accumulated into.
 template <typename T>
-void backward(const T* x, int64_t sn, int64_t sc, int64_t st, const T* zc, const int32_t* i0, const int32_t* i1,
-              const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps, const T* g_da, const T* g_stat,
-              const T* g_expl, T* g_zc, int threads) {
-    const Geometry g{N, C, Tn, H, W, h, sn, sc, st, i0, i1, backward_rows_per_unit(H, W, h)};
+void backward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st, const T* zc, const int32_t* i0,
+              const int32_t* i1, const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps,
+              const T* g_da, const T* g_stat, const T* g_expl, T* g_zc, int threads) {
+    const Geometry g{N, C, Tn, H, W, h, sN, S, sS, sc, st, i0, i1, backward_rows_per_unit(H, W, h)};
     // The phase order is kept with one thread too, so the rounding does not depend on threads.
     const int64_t units = g.units(), p = g.phases();
     if (p == 0) {
@@ -507,33 +510,38 @@ void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, i
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 5; }
+int dynapp_pwtp_abi_version() { return 6; }
 
-void dynapp_da1_forward_f32(const float* x, int64_t sn, int64_t sc, int64_t st, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
-                            int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da,
-                            float* stat, float* y, double* res_sq, float* enopr, int threads) {
-    forward<float>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
+// x: sample n (of N = clips * S) at x + (n / S) * sN + (n % S) * sS, channel stride sc, frame stride st.
+void dynapp_da1_forward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
+                            const float* zc, const int32_t* i0, const int32_t* i1, const float* lam, int64_t N,
+                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da, float* stat,
+                            float* y, double* res_sq, float* enopr, int threads) {
+    forward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
 }
 
-void dynapp_da1_forward_f64(const double* x, int64_t sn, int64_t sc, int64_t st, const double* zc, const int32_t* i0, const int32_t* i1,
-                            const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
-                            double eps, double* da, double* stat, double* y, double* res_sq, double* enopr,
-                            int threads) {
-    forward<double>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
+void dynapp_da1_forward_f64(const double* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
+                            const double* zc, const int32_t* i0, const int32_t* i1, const double* lam, int64_t N,
+                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, double* da,
+                            double* stat, double* y, double* res_sq, double* enopr, int threads) {
+    forward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr,
+                    threads);
 }
 
-void dynapp_da1_backward_f32(const float* x, int64_t sn, int64_t sc, int64_t st, const float* zc, const int32_t* i0, const int32_t* i1, const float* lam,
-                             int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps,
-                             const float* g_da, const float* g_stat, const float* g_expl,
-                             float* g_zc, int threads) {
-    backward<float>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
+void dynapp_da1_backward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
+                             const float* zc, const int32_t* i0, const int32_t* i1, const float* lam, int64_t N,
+                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, const float* g_da,
+                             const float* g_stat, const float* g_expl, float* g_zc, int threads) {
+    backward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc,
+                    threads);
 }
 
-void dynapp_da1_backward_f64(const double* x, int64_t sn, int64_t sc, int64_t st, const double* zc, const int32_t* i0, const int32_t* i1,
-                             const double* lam, int64_t N, int64_t C, int64_t T, int64_t H, int64_t W, int64_t h,
-                             double eps, const double* g_da, const double* g_stat,
-                             const double* g_expl, double* g_zc, int threads) {
-    backward<double>(x, sn, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc, threads);
+void dynapp_da1_backward_f64(const double* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
+                             const double* zc, const int32_t* i0, const int32_t* i1, const double* lam, int64_t N,
+                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, const double* g_da,
+                             const double* g_stat, const double* g_expl, double* g_zc, int threads) {
+    backward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc,
+                     threads);
 }
 
 void dynapp_gram_forward_f32(const float* f, int64_t N, int64_t C, int64_t T, int64_t Q, float* u, int threads) {

@@ -121,10 +121,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"dynapp_da1_forward_{suffix}")
-        fwd.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        fwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
         fwd.restype = None
         bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
-        bwd.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
+        bwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
         bwd.restype = None
         gram_f = getattr(lib, f"dynapp_gram_forward_{suffix}")
         gram_f.argtypes = [p, i64, i64, i64, i64, p, i32]
@@ -133,7 +133,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
         gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 5:
+    if lib.dynapp_pwtp_abi_version() != 6:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -212,14 +212,27 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def _clip_layout(x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(samples, C, T, H, W) and the kernel's strides (sN, S, sS, sc, st) of a clip.
+
+    x is (N, C, T, H, W), or (N, S, C, T, H, W) for S segments per clip (samples in (n, s) order),
+    with any strides except within a frame (H, W), which must be contiguous.
+    """
+    if x.dim() == 5:
+        N, C, T, H, W = x.shape
+        return (N, C, T, H, W), (x.stride(0), 1, 0, x.stride(1), x.stride(2))
+    N, S, C, T, H, W = x.shape
+    return (N * S, C, T, H, W), (x.stride(0), S, x.stride(1), x.stride(2), x.stride(3))
+
+
 class _FusedRankOneDA(torch.autograd.Function):
     """(x, zc) -> (da, enopr[, static]) with the fused kernel; zc = z U_w^T is A upsampled along W only."""
 
     @staticmethod
     def forward(ctx, x, zc, eps, need_static):
-        # x: (N, C, T, H, W) with each frame contiguous; zc: (N, T, h, W) contiguous, same dtype.
+        # x: see _clip_layout; zc: (samples, T, h, W) contiguous, same dtype.
         lib = _library()
-        N, C, T, H, W = x.shape
+        (N, C, T, H, W), strides = _clip_layout(x)
         h = zc.shape[2]
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
         da = x.new_empty(N, C, H, W)
@@ -227,8 +240,8 @@ class _FusedRankOneDA(torch.autograd.Function):
         res_sq = torch.empty(N, dtype=torch.float64)  # ||x||^2 - explained, before the clamp at 0
         enopr = x.new_empty(N)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
-        fn(x.data_ptr(), *x.stride()[:3], zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
-           eps, da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
+        fn(x.data_ptr(), *strides, zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
+           da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, zc, res_sq)  # the backward recomputes y = a.x / (a.a + eps)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
@@ -237,7 +250,7 @@ class _FusedRankOneDA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_da, g_enopr, g_static=None):
         x, zc, res_sq = ctx.saved_tensors
-        N, C, T, H, W = x.shape
+        (N, C, T, H, W), strides = _clip_layout(x)
         h = zc.shape[2]
         i0, i1, lam = linear_interpolation(h, H, x.dtype)
         g_da = x.new_zeros(N, C, H, W) if g_da is None else g_da.contiguous()
@@ -249,9 +262,8 @@ class _FusedRankOneDA(torch.autograd.Function):
         g_zc = torch.zeros_like(zc)  # accumulated into by the kernel
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
-        fn(x.data_ptr(), *x.stride()[:3], zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
-           ctx.eps,
-           g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
+        fn(x.data_ptr(), *strides, zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
+           ctx.eps, g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
         return None, g_zc, None, None
 
 
@@ -263,17 +275,22 @@ def rank_one_dynamic_appearance(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
 
-    x: (N, C, T, H, W) clip (not requiring grad: ValueError otherwise); zc: (N, T, h, W) the hyperplanes upsampled along
-    W only (``z @ U_w^T``).  A is ``zc`` interpolated linearly along h to H (align_corners=False).
-    Returns ``(da, enopr, static or None)``, equal to :func:`dynapp.pwtp.dynamic_appearance` on the
-    fully upsampled A.
+    x: (N, C, T, H, W) clip, or (N, S, C, T, H, W) for S segments per clip (any strides, e.g. a
+    view of an (N, C, S*T, H, W) clip: no copy); it must not require grad (ValueError).
+    zc: (samples, T, h, W) the hyperplanes upsampled along W only (``z @ U_w^T``), samples in
+    (n, s) order.  A is ``zc`` interpolated linearly along h to H (align_corners=False).
+    Returns ``(da, enopr, static or None)`` per sample, equal to
+    :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.
     """
     if x.requires_grad:
         raise ValueError("the fused kernel gives no gradient for the clip; use dynapp.pwtp.dynamic_appearance")
-    if x.dim() != 5 or zc.dim() != 4 or zc.shape[:2] != (x.shape[0], x.shape[2]) or zc.shape[3] != x.shape[4]:
-        raise ValueError(f"expected x (N, C, T, H, W) and zc (N, T, h, W); got {tuple(x.shape)} and {tuple(zc.shape)}")
-    H, W = x.shape[3:]
-    if (W > 1 and x.stride(4) != 1) or (H > 1 and x.stride(3) != W):  # any N, C, T strides are fine
+    if x.dim() not in (5, 6) or zc.dim() != 4:
+        raise ValueError(f"expected x (N, C, T, H, W) or (N, S, C, T, H, W) and zc (N, T, h, W); "
+                         f"got {tuple(x.shape)} and {tuple(zc.shape)}")
+    (N, _, T, H, W), _ = _clip_layout(x)
+    if zc.shape[:2] != (N, T) or zc.shape[3] != W:
+        raise ValueError(f"zc must have shape ({N}, {T}, h, {W}) for x {tuple(x.shape)}; got {tuple(zc.shape)}")
+    if (W > 1 and x.stride(-1) != 1) or (H > 1 and x.stride(-2) != W):  # other strides are free
         x = x.contiguous()
     out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static)
     return (out[0], out[1], out[2] if need_static else None)

@@ -216,13 +216,13 @@ class DynamicImage(_Representation):
 class DynamicAppearance(_Representation):
     """Dynamic Appearance (Huang and Bors, AAAI 2023): PWTP on every segment at once.
 
-    The S segments are folded into the batch, (N, C, S*T, H, W) -> (N*S, C, T, H, W), so one
-    PWTP call (and one BatchNorm batch in its MLP) covers all N*S segments.  The fold is a view
-    (no copy) when N == 1 or S == 1; otherwise one copy of the clip is unavoidable because C
-    sits between N and S (no single batch stride reaches every segment).  For N == 1, S > 1 the
-    view is strided; forcing it contiguous measured the same (forward + backward, within 1%),
-    so no explicit copy is made.  A 2-D backbone's ``frames.transpose(1, 2).reshape(N*S, C, H, W)``
-    is again a view.  Output: DA frames (N, C, S, H, W) (a permuted view) and
+    The S segments are treated as N*S samples (``PWTP(clip, segments=S)``), so one PWTP call (and
+    one BatchNorm batch in its MLP) covers all N*S segments.  On the CPU (fused kernel) the clip
+    is never copied: conv F runs on it as it is and the kernel reads each segment in place; the
+    PyTorch path folds (N, C, S*T, H, W) -> (N*S, C, T, H, W), which copies the clip when N and S
+    are both > 1 (C sits between N and S).  A 2-D backbone's
+    ``frames.transpose(1, 2).reshape(N*S, C, H, W)`` is again a view.
+    Output: DA frames (N, C, S, H, W) (a permuted view) and
     ``aux_loss`` = ENoPR averaged over all N*S segments (Eq. 8).  ``kwargs`` go to
     :class:`dynapp.PWTP` (rank, kernel_size, stride, channels, ...); the module is ``.pwtp``.
     """
@@ -236,8 +236,7 @@ class DynamicAppearance(_Representation):
     def forward(self, clip: torch.Tensor) -> RepresentationOutput:
         x = self._split(clip)  # (N, C, S, T, H, W)
         N, C, S, T, H, W = x.shape
-        x = x.transpose(1, 2).reshape(N * S, C, T, H, W)  # a view when N == 1 or S == 1
-        out = self.pwtp(x)
+        out = self.pwtp(x.flatten(2, 3), segments=S)  # PWTP folds the segments itself
         da = out.dynamic.reshape(N, S, C, H, W).transpose(1, 2)  # (N, C, S, H, W), a view
         return RepresentationOutput(da, out.enopr.mean())
 
