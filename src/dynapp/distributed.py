@@ -81,10 +81,20 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (no-op for one process)."""
+def cleanup_distributed(synchronize: bool = True) -> None:
+    """Leave the process group (no-op for one process).
+
+    ``synchronize``: first wait for every rank (a barrier), so that no rank tears gloo down while
+    a peer's connection is still in use: gloo then aborts that peer with "terminate called
+    without an active exception" (seen about once in eight two-process runs without it).  Pass
+    False on an error path, where a peer may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if synchronize and dist.get_world_size() > 1:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

@@ -623,6 +623,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
 
     info = init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    finished = False
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -642,7 +643,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         if m.init_from and not resume:
             init_model_from(model, m.init_from)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
-        return train(
+        result = train(
             model=model, train_dataset=train_set, val_dataset=val_set, out_dir=cfg.log.out_dir, epochs=o.epochs,
             batch_size=o.batch_size, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
             warmup_epochs=o.warmup_epochs, warmup_start_factor=o.warmup_start_factor, min_lr=o.min_lr,
@@ -655,9 +656,11 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
             progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
             config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
+        finished = True
+        return result
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        cleanup_distributed()
+        cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
 
 
 def _parse_views(views: str | None) -> list[str]:
