@@ -15,6 +15,9 @@
 //             grad_a_t = sum_c gB_c x_ct + 2 a_t g_aa + yu / T, accumulated back onto zc
 //             (the formulas of _RankOneDA.backward; ge = d loss / d explained).
 //
+// The same library holds the relation descriptor of Eq. 3 (the Gram features of conv F's
+// output), forward and backward, at the end of this file.
+//
 // Work is split into units of R consecutive image rows of one sample, R * W values per stream.
 // Each unit writes only its own rows of the outputs, except the gradient of zc, where nearby
 // units may share a low-resolution row: the backward runs the units in p phases (u mod p) such

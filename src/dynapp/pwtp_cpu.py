@@ -44,7 +44,7 @@ __all__ = [
 _SOURCE = Path(__file__).with_name("pwtp_cpu.cpp")
 # -march=native: the library is built on the machine that runs it, and its file name carries the
 # CPU's identity (below), so a shared cache directory never hands it to a different CPU.
-# -fopenmp: run on PyTorch's own OpenMP pool (see run_units in the .cpp); retried without it.
+# -fopenmp: run on PyTorch's own OpenMP pool (see parallel_ranges in the .cpp); retried without it.
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
 _OPENMP = ["-fopenmp"]
 _lock = threading.Lock()
@@ -146,9 +146,7 @@ def _library() -> ctypes.CDLL | None:
         if "lib" in _state:
             return _state["lib"]
         lib = None
-        if os.environ.get("DYNAPP_NO_KERNEL", "") not in ("", "0"):
-            pass
-        else:
+        if os.environ.get("DYNAPP_NO_KERNEL", "") in ("", "0"):  # else: the eager path, silently
             compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
             try:
                 if not compiler:
