@@ -543,7 +543,7 @@ class PWTP(nn.Module):
         self._check(x, segments)
         if not return_residual and pwtp_cpu.supports(x, self.rank):
             # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
-            N, C, _, H, W = x.shape
+            W = x.shape[-1]
             z = self.coarse_hyperplanes(x, segments).contiguous()  # (N*S, T, h, w)
             with torch.autocast(x.device.type, enabled=False):
                 dt = z.dtype
