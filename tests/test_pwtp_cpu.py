@@ -91,7 +91,7 @@ GEOMETRIES = {
     "h=H, w=W (no upsampling), 4 units": (1, 2, 4, 48, 150, 48, 150),
     "h=H, w<W": (2, 3, 5, 16, 24, 16, 6),
     "h=w=1, one unit": (2, 3, 6, 16, 20, 1, 1),
-    "h=w=1, 10 units, no disjoint phase (serial backward)": (2, 2, 6, 20, 700, 1, 1),
+    "h=w=1, 10 forward units, one backward unit": (2, 2, 6, 20, 700, 1, 1),
     "C=1": (2, 1, 8, 24, 40, 3, 5),
     "N=3, T=4": (3, 2, 4, 12, 18, 3, 4),
     "T=2": (2, 3, 2, 9, 17, 2, 3),
@@ -170,7 +170,7 @@ def test_relation_descriptor_matches_eager(kernel, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("geometry", [(2, 3, 8, 64, 224, 8, 28), (2, 2, 6, 20, 700, 1, 1)], ids=["phased", "serial"])
+@pytest.mark.parametrize("geometry", [(2, 3, 8, 64, 224, 8, 28), (2, 2, 6, 20, 700, 1, 1)], ids=["phased", "wide"])
 def test_bitwise_independent_of_thread_count(kernel, geometry, dtype):
     N, C, T, H, W, h, w = geometry
     x, z = random_inputs(*geometry, dtype=dtype, seed=7)
