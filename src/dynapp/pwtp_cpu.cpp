@@ -164,25 +164,27 @@ template <typename T>
 struct Scratch {
     std::vector<T> buf;
     T *a, *aa, *m, *inv, *v0, *v1, *gB, *ga;
-    Scratch(int64_t Tn, int64_t C, int64_t Lmax) : buf((2 * Tn + 5 + C) * Lmax) {
+    // The forward uses a, aa, m, inv, v0 and v1; the backward also gB and ga.
+    Scratch(int64_t Tn, int64_t C, int64_t Lmax, bool backward)
+        : buf((Tn + 5 + (backward ? C + Tn : 0)) * Lmax) {
         a = buf.data();      // (T, L) A
         aa = a + Tn * Lmax;  // (L,) sum_t a^2
         m = aa + Lmax;       // (L,) mean_t a
         inv = m + Lmax;      // (L,) 1 / (aa + eps)
         v0 = inv + Lmax;     // (L,) forward: sum x^2; backward: yu
         v1 = v0 + Lmax;      // (L,) forward: sum y^2 (aa + 2 eps); backward: yy, then g_aa
-        gB = v1 + Lmax;      // (C, L) backward
-        ga = gB + C * Lmax;  // (T, W) backward: grad A of one row
+        gB = backward ? v1 + Lmax : nullptr;  // (C, L)
+        ga = backward ? gB + C * Lmax : nullptr;  // (T, W): grad A of one row
     }
 };
 
 // Channel c of K pixels: S = sum_t x_t and B = sum_t a_t x_t in registers over one pass of the
 // T frame streams of the channel (channel-outer order: T concurrent streams, not C * T); writes
-// da (and y / static on request), accumulates sum x^2 into sq and y^2 (aa + 2 eps) into ex.
+// da (and static on request), accumulates sum x^2 into sq and y^2 (aa + 2 eps) into ex.
 template <typename T, int K>
 inline void forward_block(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict a, int64_t L,
                           const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps,
-                          T* __restrict dc, T* __restrict sc, T* __restrict yc, T* __restrict sq, T* __restrict ex) {
+                          T* __restrict dc, T* __restrict sc, T* __restrict sq, T* __restrict ex) {
     const T invT = T(1) / T(Tn);
     T S[K] = {}, B[K] = {}, q[K];
     for (int k = 0; k < K; ++k) q[k] = sq[k];
@@ -203,18 +205,16 @@ inline void forward_block(const T* __restrict xc, int64_t st, int64_t Tn, const 
         dc[k] = S[k] * invT - m[k] * B[k];
         ex[k] += B[k] * B[k] * (aa[k] + T(2) * eps);
     }
-    if (yc)
-        for (int k = 0; k < K; ++k) yc[k] = B[k];
     if (sc)
         for (int k = 0; k < K; ++k) sc[k] = m[k] * B[k];
 }
 
 template <typename T>
 void forward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
-                   T* __restrict da, T* __restrict stat, T* __restrict y, double* __restrict xx_rows,
+                   T* __restrict da, T* __restrict stat, double* __restrict xx_rows,
                    double* __restrict expl_rows, int64_t u0, int64_t u1) {
     const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W;
-    Scratch<T> s(Tn, C, g.R * W);
+    Scratch<T> s(Tn, C, g.R * W, false);
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t n = u / g.blocks(), h0 = (u % g.blocks()) * g.R;
         const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
@@ -226,8 +226,7 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
             blocks_of(L, [&](auto width, int64_t X0) {
                 constexpr int K = decltype(width)::value;
                 forward_block<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
-                                    stat ? stat + o + X0 : nullptr, y ? y + o + X0 : nullptr, s.v0 + X0,
-                                    s.v1 + X0);
+                                    stat ? stat + o + X0 : nullptr, s.v0 + X0, s.v1 + X0);
             });
         }
         for (int64_t r = 0; r < rows; ++r) {
@@ -322,7 +321,7 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
                     const T* __restrict g_da, const T* __restrict g_stat, const T* __restrict g_expl,
                     T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0, int64_t k1) {
     const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * W;
-    Scratch<T> s(Tn, C, Lmax);
+    Scratch<T> s(Tn, C, Lmax, true);
     T* yu = s.v0;
     T* yy = s.v1;
     T* ga = s.ga;
@@ -370,11 +369,11 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
 template <typename T>
 void forward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st, const T* zc, const int32_t* i0,
              const int32_t* i1, const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps,
-             T* da, T* stat, T* y, double* res_sq, T* enopr, int threads) {
+             T* da, T* stat, double* res_sq, T* enopr, int threads) {
     const Geometry g{N, C, Tn, H, W, h, sN, S, sS, sc, st, i0, i1, rows_per_unit(H, W)};
     std::vector<double> xx_rows(N * H), expl_rows(N * H);
     parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
-        forward_units<T>(x, zc, lam, g, eps, da, stat, y, xx_rows.data(), expl_rows.data(), u0, u1);
+        forward_units<T>(x, zc, lam, g, eps, da, stat, xx_rows.data(), expl_rows.data(), u0, u1);
     });
     for (int64_t n = 0; n < N; ++n) {
         double sx = 0.0, se = 0.0;
@@ -513,22 +512,21 @@ void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, i
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 6; }
+int dynapp_pwtp_abi_version() { return 7; }
 
 // x: sample n (of N = clips * S) at x + (n / S) * sN + (n % S) * sS, channel stride sc, frame stride st.
 void dynapp_da1_forward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                             const float* zc, const int32_t* i0, const int32_t* i1, const float* lam, int64_t N,
                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da, float* stat,
-                            float* y, double* res_sq, float* enopr, int threads) {
-    forward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr, threads);
+                            double* res_sq, float* enopr, int threads) {
+    forward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, res_sq, enopr, threads);
 }
 
 void dynapp_da1_forward_f64(const double* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                             const double* zc, const int32_t* i0, const int32_t* i1, const double* lam, int64_t N,
                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, double* da,
-                            double* stat, double* y, double* res_sq, double* enopr, int threads) {
-    forward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, y, res_sq, enopr,
-                    threads);
+                            double* stat, double* res_sq, double* enopr, int threads) {
+    forward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, res_sq, enopr, threads);
 }
 
 void dynapp_da1_backward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,

@@ -121,7 +121,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"dynapp_da1_forward_{suffix}")
-        fwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, p, i32]
+        fwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
         fwd.restype = None
         bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
         bwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
@@ -133,7 +133,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
         gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 6:
+    if lib.dynapp_pwtp_abi_version() != 7:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -239,7 +239,7 @@ class _FusedRankOneDA(torch.autograd.Function):
         enopr = x.new_empty(N)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
         fn(x.data_ptr(), *strides, zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
-           da.data_ptr(), _ptr(static), None, res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
+           da.data_ptr(), _ptr(static), res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, zc, res_sq)  # the backward recomputes y = a.x / (a.a + eps)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
