@@ -1,6 +1,6 @@
 """Time per training step: joint training with MGDA versus a constant alpha, same model and batch.
 
-The step is the one of ``dynapp.train.train_one_epoch``: forward, the joint backward
+The step is the one of ``dynapp.engine.train.train_one_epoch``: forward, the joint backward
 (``dynapp.joint.backward_joint``), for MGDA the combination of the Theta1 gradients (Eq. 12,
 Algorithm 1), gradient clipping and the SGD step.  ``constant`` does one backward of the
 weighted objective; ``mgda`` does one backward of the recognition loss plus a backward of ENoPR
@@ -26,7 +26,7 @@ from torch import nn
 
 from dynapp.joint import MGDAState, backward_joint, combine_theta1_grads, theta1_parameters
 from dynapp.model import build_model
-from dynapp.train import build_param_groups
+from dynapp.engine.train import build_param_groups
 
 
 def make_step(model: nn.Module, strategy: str, clip: torch.Tensor, label: torch.Tensor, alpha: float = 0.5):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dynapp.demo import DemoConfig, build_demo_data, train_and_evaluate
+from dynapp.apps.demo import DemoConfig, build_demo_data, train_and_evaluate
 
 CANDIDATES = {
     "k4_32px_960_e12": dict(num_classes=4, size=32, num_train=960, epochs=12),

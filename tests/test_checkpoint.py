@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynapp.checkpoint import (
+from dynapp.engine.checkpoint import (
     CheckpointError,
     get_rng_state,
     load_checkpoint,

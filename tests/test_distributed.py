@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynapp.checkpoint import load_checkpoint
+from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.config import load_config
-from dynapp.distributed import ExactShardSampler, all_reduce_mean, get_world_size, train_sampler
-from dynapp.evaluate import average_views, classification_metrics, mean_over_splits
-from dynapp.train import eval_from_checkpoint, run_from_config
+from dynapp.engine.distributed import ExactShardSampler, all_reduce_mean, get_world_size, train_sampler
+from dynapp.engine.evaluate import average_views, classification_metrics, mean_over_splits
+from dynapp.engine.run import eval_from_checkpoint, run_from_config
 
 
 @pytest.mark.parametrize("length,world", [(7, 2), (9, 3), (2, 4), (10, 1)])

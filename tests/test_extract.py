@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from dynapp import PWTP
 from dynapp.cli import app
 from dynapp.data.encode import write_video
-from dynapp.extract import extract, load_pwtp
+from dynapp.apps.extract import extract, load_pwtp
 
 
 def _moving_square(path, n=24, h=24, w=32):
@@ -53,7 +53,7 @@ def test_extract_with_checkpoints_bare_and_model_prefixed(tmp_path):
 
 
 def test_extract_reads_the_pwtp_of_a_training_checkpoint(tmp_path):
-    from dynapp.checkpoint import save_checkpoint
+    from dynapp.engine.checkpoint import save_checkpoint
     from dynapp.model import build_model
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from dynapp import PWTP
 from dynapp.cli import app
-from dynapp.flops import PAPER_MODELS, FlopsReport, count_macs, count_params, format_table, model_flops
+from dynapp.apps.flops import PAPER_MODELS, FlopsReport, count_macs, count_params, format_table, model_flops
 
 
 def _close(value, published, tol=0.05):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dynapp.config import load_config
-from dynapp.train import run_from_config
+from dynapp.engine.run import run_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,7 +57,7 @@ def test_preset_matches_appendix_a_and_runs_one_step(name, tmp_path, monkeypatch
     if vit:  # a narrow, shallow ViT on a 32 px grid (the full ViT-B checkpoint would be 1 GB)
         tiny += ["model.backbone_kwargs.img_size=32", "model.backbone_kwargs.embed_dim=32",
                  "model.backbone_kwargs.depth=1", "model.backbone_kwargs.num_heads=2"]
-    import dynapp.train as train_module
+    import dynapp.engine.run as train_module
 
     seen = {}
     real_train = train_module.train

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from dynapp.checkpoint import load_checkpoint
+from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.config import load_config
-from dynapp.train import NonFiniteLossError, build_param_groups, freeze_batchnorm, lr_at, run_from_config, set_train_mode
+from dynapp.engine.run import run_from_config
+from dynapp.engine.train import NonFiniteLossError, build_param_groups, freeze_batchnorm, lr_at, set_train_mode
 
 # A tiny DA model on generated clips: PWTP (2 segments x 4 frames, 32 px) + a small 2D backbone.
 TINY = [
@@ -243,7 +244,7 @@ def test_weighted_strategies_log_their_alpha(strategy, tmp_path):
 
 def test_init_from_checkpoint_skips_a_different_head(tmp_path):
     from dynapp.model import build_model
-    from dynapp.train import init_model_from
+    from dynapp.engine.run import init_model_from
 
     run_from_config(load_config(None, TINY + ["optim.epochs=1", "data.num_classes=4", f"log.out_dir={tmp_path}"]))
     source = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]

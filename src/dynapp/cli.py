@@ -36,7 +36,7 @@ def flops(
     paper: bool = typer.Option(False, "--paper", help="print the paper's models beside the published numbers"),
 ) -> None:
     """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart."""
-    from dynapp.flops import format_table, model_flops, paper_rows
+    from dynapp.apps.flops import format_table, model_flops, paper_rows
 
     if paper:
         typer.echo(format_table(paper_rows()))
@@ -84,7 +84,7 @@ def extract(
 ) -> None:
     """Write the frame average beside the dynamic appearance for each segment of a video (Fig. 4)."""
     from dynapp.data.decode import VideoDecodeError
-    from dynapp.extract import extract as run_extract
+    from dynapp.apps.extract import extract as run_extract
 
     try:
         paths = run_extract(video, out, segments=segments, frames=frames, steps=steps,
@@ -102,9 +102,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from <log.out_dir>/checkpoints/last.pt"),
 ) -> None:
     """Train a model (one process, or many under torchrun) and evaluate it; see configs/."""
-    from dynapp.checkpoint import CheckpointError
+    from dynapp.engine.checkpoint import CheckpointError
     from dynapp.config import load_config
-    from dynapp.train import NonFiniteLossError, run_from_config
+    from dynapp.engine.run import run_from_config
+    from dynapp.engine.train import NonFiniteLossError
 
     try:
         run_from_config(load_config(config, overrides or []), resume=resume)
@@ -124,8 +125,8 @@ def eval_command(
     """Top-1/top-5/mean class accuracy of a checkpoint, clip level and video level, as JSON."""
     import json
 
-    from dynapp.checkpoint import CheckpointError
-    from dynapp.train import eval_from_checkpoint
+    from dynapp.engine.checkpoint import CheckpointError
+    from dynapp.engine.run import eval_from_checkpoint
 
     try:
         result = eval_from_checkpoint(list(checkpoint), views=views, out=out, overrides=overrides or [])
@@ -171,7 +172,7 @@ def demo(
     size: int = typer.Option(None, "--size", help="override the frame size in pixels"),
 ) -> None:
     """Same-scene synthetic actions: small2d on RGB, RGB difference, dynamic image and DA; table + report."""
-    from dynapp.demo import demo_config, run_demo
+    from dynapp.apps.demo import demo_config, run_demo
 
     try:
         cfg = demo_config(quick=quick, threads=threads, inputs=inputs, epochs=epochs, num_train=num_train,

@@ -1,7 +1,7 @@
 """Run configuration: dataclasses loaded from YAML, dotted ``key=value`` overrides, validation.
 
 Every knob of a training run lives here, grouped as data / model / optim / joint / eval / log /
-checkpoint.  A config is only ever read by the one builder (``dynapp.train.run_from_config``),
+checkpoint.  A config is only ever read by the one builder (``dynapp.engine.run.run_from_config``),
 which turns it into explicit keyword arguments: no module receives a config object.
 
 Errors are one line (``ConfigError``, a ``ValueError``): an unknown key names the closest known

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dynapp.distributed import ExactShardSampler, all_gather_objects
+from dynapp.engine.distributed import ExactShardSampler, all_gather_objects
 
 __all__ = [
     "IndexedDataset",

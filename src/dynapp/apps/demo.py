@@ -3,7 +3,7 @@
 It generates :mod:`dynapp.data.synthetic` clips (the class is the motion; scenes are shared by all
 classes), trains the same small 2D CNN (``small2d``) on four inputs -- one RGB frame per segment,
 RGB differences, dynamic images and dynamic appearance (PWTP trained jointly with MGDA, by the
-project's own training loop ``dynapp.train.train``) -- in two settings:
+project's own training loop ``dynapp.engine.train.train``) -- in two settings:
 
 * **unbiased**: training scenes are independent of the class;
 * **scene-biased**: in training a clip's scene comes from its class's group with probability
@@ -163,9 +163,9 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
                        strategy: str = "mgda", alpha: float = 0.5, rank: int | None = None) -> dict:
     """Train ``small2d`` on input ``rep`` with the project's training loop, then evaluate it."""
-    from dynapp.flops import model_flops
+    from dynapp.apps.flops import model_flops
     from dynapp.model import build_model
-    from dynapp.train import train
+    from dynapp.engine.train import train
 
     rep_kwargs = {"rank": rank or cfg.rank} if rep == "pwtp" else {}
     bb_kwargs = {"widths": tuple(cfg.widths)}

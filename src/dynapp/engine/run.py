@@ -1,0 +1,182 @@
+"""The one builder: a ``RunConfig`` turned into datasets, a model and explicit keyword arguments.
+
+``run_from_config`` (``dynapp train``) and ``eval_from_checkpoint`` (``dynapp eval``) are the
+only readers of a config; ``build_datasets`` and ``init_model_from`` are their pieces.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from dynapp.config import apply_overrides, config_from_dict, config_to_dict
+from dynapp.data import build_dataset
+from dynapp.data.noise import RandomClips
+from dynapp.engine.checkpoint import load_checkpoint
+from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
+from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
+from dynapp.engine.train import train
+from dynapp.model import build_model
+
+__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from"]
+
+
+def _num_classes(dataset: Any, configured: int) -> int:
+    if configured:
+        return configured
+    for name in ("num_classes",):
+        if hasattr(dataset, name):
+            return int(getattr(dataset, name))
+    if hasattr(dataset, "classes"):
+        return len(dataset.classes)
+    raise ValueError("data.num_classes is 0 and the dataset does not say how many classes it has: set data.num_classes")
+
+
+def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
+                   num_classes: int, in_channels: int, num_samples: int, views: tuple[int, int], seed: int,
+                   dataset_kwargs: dict, eval_crop_size: int = 0) -> tuple[Dataset, Dataset, int]:
+    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader)."""
+    eval_crop_size = eval_crop_size or crop_size
+    if dataset == "random":
+        n_cls = num_classes or 4
+        common = dict(num_classes=n_cls, segments=segments, frames=frames, in_channels=in_channels)
+        train_set = RandomClips(num_videos=num_samples, seed=seed, crop_size=crop_size, **common)
+        val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1,
+                              crop_size=eval_crop_size, **common)
+        return train_set, val_set, n_cls
+    common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
+    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, **common)
+    val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
+                            num_crops=views[1], **common)
+    return train_set, val_set, _num_classes(train_set, num_classes)
+
+
+def init_model_from(model: nn.Module, path: str | Path) -> list[str]:
+    """Start ``model`` from the weights of a dynapp checkpoint (or a plain state-dict file).
+
+    Fine-tuning (e.g. Kinetics -> UCF101): every tensor whose name and shape match is copied,
+    PWTP included; the rest (the classifier when the class count differs) keeps its fresh
+    initialisation.  Returns the names that were not loaded.
+    """
+    ck = load_checkpoint(path)
+    state = ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+    if not usable:
+        raise ValueError(f"no tensor of {path} matches the model (is it a checkpoint of another architecture?)")
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    if get_rank() == 0:
+        print(f"initialised {len(usable)} tensors from {path}; kept fresh: {', '.join(skipped) or 'none'}", flush=True)
+    return skipped
+
+
+def run_from_config(cfg, *, resume: bool = False) -> dict:
+    """Build everything a ``RunConfig`` describes and train (the only reader of a config)."""
+    info = init_distributed(cfg.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    finished = False
+    try:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        d, m, o, j, e = cfg.data, cfg.model, cfg.optim, cfg.joint, cfg.eval
+        train_set, val_set, num_classes = build_datasets(
+            dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames, sampling=d.sampling,
+            crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels, num_samples=d.num_samples,
+            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size)
+        model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
+                            segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
+                            pretrained=m.pretrained, representation_kwargs=dict(m.representation_kwargs),
+                            backbone_kwargs=dict(m.backbone_kwargs))
+        if m.init_from and not resume:
+            init_model_from(model, m.init_from)
+        torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
+        result = train(
+            model=model, train_dataset=train_set, val_dataset=val_set, out_dir=cfg.log.out_dir, epochs=o.epochs,
+            batch_size=o.batch_size, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+            warmup_epochs=o.warmup_epochs, warmup_start_factor=o.warmup_start_factor, min_lr=o.min_lr,
+            label_smoothing=o.label_smoothing, clip_grad_norm=o.clip_grad_norm, classifier_lr_mult=o.classifier_lr_mult,
+            classifier_wd_mult=o.classifier_wd_mult, representation_lr_mult=o.representation_lr_mult,
+            representation_wd_mult=o.representation_wd_mult, freeze_bn=o.freeze_bn, amp=o.amp,
+            accumulation_steps=o.accumulation_steps, strategy=j.strategy, alpha=j.alpha, gamma=j.gamma, lam=j.lam,
+            separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
+            eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
+            keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
+            progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
+            config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
+        finished = True
+        return result
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
+
+
+def _parse_views(views: str | None) -> list[str]:
+    if not views:
+        return []
+    parts = views.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"--views must be CLIPSxCROPS with positive integers, e.g. 2x3; got {views!r}")
+    return [f"eval.clips={int(parts[0])}", f"eval.crops={int(parts[1])}"]
+
+
+def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, out: str | Path | None = None,
+                         overrides: list[str] | None = None) -> dict:
+    """Evaluate training checkpoints, each with the config saved in it (its dataset and split).
+
+    ``views`` "CLIPSxCROPS" overrides ``eval.clips``/``eval.crops``.  Several checkpoints (e.g.
+    the models of UCF101/HMDB51 splits 1, 2 and 3, each trained on its own split) give every
+    result and their mean (``"mean"``), the protocol of Table 3.  Writes JSON to ``out``
+    (default: ``eval_<checkpoint name>.json`` beside the first checkpoint) on process 0.
+    """
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
+    info = init_distributed("auto")
+    try:
+        results = []
+        for path in paths:
+            ck = load_checkpoint(path)
+            if not isinstance(ck, dict) or "model" not in ck or not ck.get("config"):
+                raise ValueError(f"{path} is not a dynapp training checkpoint (no model or config)")
+            cfg = config_from_dict(apply_overrides(ck["config"], list(overrides or []) + _parse_views(views)))
+            d, m, e = cfg.data, cfg.model, cfg.eval
+            _, val_set, num_classes = build_datasets(
+                dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames,
+                sampling=d.sampling, crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels,
+                num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
+                eval_crop_size=e.crop_size)
+            model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
+                                segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
+                                pretrained=None, representation_kwargs=dict(m.representation_kwargs),
+                                backbone_kwargs=dict(m.backbone_kwargs))
+            model.load_state_dict(ck["model"])
+            model.to(info.device)
+            result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
+                              amp=cfg.optim.amp and info.device.type == "cuda")
+            result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
+                          dataset=d.dataset, split=d.split)
+            results.append(result)
+        if len(results) == 1:
+            final = results[0]
+        else:
+            splits = [r["split"] for r in results]
+            if len(set(splits)) != len(splits):
+                warnings.warn(f"checkpoints share splits {splits}: the mean is not the 3-split protocol", stacklevel=2)
+            final = {"mean": mean_over_splits(results), "runs": results}
+        if info.rank == 0:
+            write_json(final, out or paths[0].with_name(f"eval_{paths[0].stem}.json"))
+        return final
+    finally:
+        cleanup_distributed()
