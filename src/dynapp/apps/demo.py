@@ -57,6 +57,10 @@ class DemoConfig:
     flicker: float = 0.05
     noise: float = 0.02
     distractors: int = 3
+    moving_distractors: int = 0
+    actor_scale: tuple = (0.09, 0.14)
+    speed: tuple = (0.3, 0.6)
+    backbone: str = "small_tsm"
     widths: tuple = (32, 64, 128, 128)
     rank: int = 1
     inputs: tuple = INPUTS
@@ -93,7 +97,8 @@ def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = N
 def _data_kwargs(cfg: DemoConfig, seed: int) -> dict:
     return dict(segments=cfg.segments, frames=cfg.frames, num_classes=cfg.num_classes, num_scenes=cfg.num_scenes,
                 size=cfg.size, shake=cfg.shake, flicker=cfg.flicker, noise=cfg.noise,
-                distractors=cfg.distractors, seed=seed, cache=True)
+                distractors=cfg.distractors, moving_distractors=cfg.moving_distractors,
+                actor_scale=tuple(cfg.actor_scale), speed=tuple(cfg.speed), seed=seed, cache=True)
 
 
 def build_demo_data(cfg: DemoConfig, seed: int):
@@ -170,7 +175,7 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
     rep_kwargs = {"rank": rank or cfg.rank} if rep == "pwtp" else {}
     bb_kwargs = {"widths": tuple(cfg.widths)}
     torch.manual_seed(seed)
-    model = build_model(representation=rep, backbone="small2d", num_classes=cfg.num_classes, segments=cfg.segments,
+    model = build_model(representation=rep, backbone=cfg.backbone, num_classes=cfg.num_classes, segments=cfg.segments,
                         frames=cfg.frames, dropout=0.0, representation_kwargs=rep_kwargs, backbone_kwargs=bb_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
@@ -183,7 +188,7 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
     k = cfg.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
     confusion.index_put_((label, pred), torch.ones_like(label), accumulate=True)
-    cost = model_flops(representation=rep, backbone="small2d", num_classes=k, segments=cfg.segments,
+    cost = model_flops(representation=rep, backbone=cfg.backbone, num_classes=k, segments=cfg.segments,
                        frames=cfg.frames, crop=cfg.size, representation_kwargs=rep_kwargs, backbone_kwargs=bb_kwargs)
     log = _read_log(out_dir / "train_log.csv")
     result = {
