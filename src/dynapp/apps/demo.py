@@ -73,7 +73,7 @@ class DemoConfig:
     backbone: str = "small_tsm"
     widths: tuple = (32, 64, 128, 128)
     rank: int = 1
-    inputs: tuple = INPUTS[:4]  # TODO(pwtp static=remove on main): INPUTS
+    inputs: tuple = INPUTS
     settings: tuple = SETTINGS
     threads: int = 1
     extra: dict = field(default_factory=dict)
@@ -205,12 +205,11 @@ def fit(model, train_set, *, cfg: DemoConfig, out_dir: Path, seed: int, strategy
     """Train ``model`` with the project's loop (the demo's one call of ``dynapp.engine.train.train``)."""
     from dynapp.engine.train import train
 
-    extra = {} if normalize == "none" else {"normalize": normalize}
     train(model=model, train_dataset=train_set, val_dataset=None, out_dir=out_dir, epochs=cfg.epochs,
           batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4, warmup_epochs=min(1.0, cfg.epochs / 4),
           label_smoothing=0.1, strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
-          num_workers=0, save_checkpoints=False, csv_log=True, tensorboard=False, progress=False, seed=seed,
-          **extra)
+          normalize=normalize, num_workers=0, save_checkpoints=False, csv_log=True, tensorboard=False, progress=False,
+          seed=seed)
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
