@@ -35,6 +35,8 @@ CANDIDATES = {
     "small_move2_e6": dict(actor_scale=(0.05, 0.08), moving_distractors=2, epochs=6),
     "move2_e6": dict(moving_distractors=2, epochs=6),
     "small_e6": dict(actor_scale=(0.05, 0.08), epochs=6),
+    "move1_e6": dict(moving_distractors=1, epochs=6),
+    "small_move1_e6": dict(actor_scale=(0.05, 0.08), moving_distractors=1, epochs=6),
 }
 OLD_DEFAULT = dict(actor_scale=(0.09, 0.14), moving_distractors=0, shake=0.0, epochs=12)
 

@@ -50,7 +50,7 @@ STRATEGIES = (("separate", 0.0, "none"), ("constant", 0.0, "none"), ("constant",
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (defaults: docs/demo.md, the budget probe)."""
+    """Sizes of the demo (defaults: docs/demo.md, the budget and headroom probe)."""
 
     num_classes: int = 8
     num_scenes: int = 16
@@ -59,7 +59,7 @@ class DemoConfig:
     frames: int = 8
     num_train: int = 960
     num_test: int = 256
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 0.05
     scene_bias: float = 0.8
@@ -67,7 +67,7 @@ class DemoConfig:
     flicker: float = 0.05
     noise: float = 0.02
     distractors: int = 3
-    moving_distractors: int = 0
+    moving_distractors: int = 1
     actor_scale: tuple = (0.09, 0.14)
     speed: tuple = (0.3, 0.6)
     backbone: str = "small_tsm"
@@ -79,7 +79,7 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
 
-QUICK = dict(num_train=128, num_test=64, epochs=2, size=24, widths=(16, 32, 32, 32))
+QUICK = dict(num_train=96, num_test=48, epochs=2, size=24, widths=(16, 32, 32, 32))
 
 
 def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = None, **overrides) -> DemoConfig:
@@ -353,21 +353,29 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
         x = torch.stack([test_set[j][0] for j in picks])  # (K, C, S*T, H, W)
         T = cfg.frames
         seg = x[:, :, :T]  # first segment
+        free = res[first]["pwtp_remove"]["_model"].eval() if "pwtp_remove" in cfg.inputs else None
         with torch.no_grad():
             da = model.representation.pwtp(seg).dynamic  # (K, C, H, W)
             leak = static_leakage(model.representation.pwtp, seg)
-        fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.1 * len(picks)), squeeze=False)
+            da_free = free.representation.pwtp(seg).dynamic if free is not None else None
+
+        def _rescale(d):  # min-max per image, for display only
+            return ((d - d.min()) / (d.max() - d.min() + 1e-12)).permute(1, 2, 0).numpy()
+
+        cols = 3 + (da_free is not None)
+        fig, axes = plt.subplots(len(picks), cols, figsize=(2.2 * cols, 2.1 * len(picks)), squeeze=False)
         for r, j in enumerate(picks):
             avg = denormalize(seg[r].mean(1)).clamp(0, 1).permute(1, 2, 0).numpy()
-            d = da[r]
-            d = ((d - d.min()) / (d.max() - d.min() + 1e-12)).permute(1, 2, 0).numpy()
             axes[r, 0].imshow(avg)
             axes[r, 0].set_ylabel(test_set.classes[test_set.label_and_scene(j)[0]], fontsize=8)
-            axes[r, 1].imshow(d)
+            axes[r, 1].imshow(_rescale(da[r]))
             im = axes[r, 2].imshow(leak.weight_sum[r].numpy(), cmap="magma")
             fig.colorbar(im, ax=axes[r, 2], fraction=0.046)
             axes[r, 2].set_title(f"static share {float(leak.static_share[r]):.2f}", fontsize=7)
-        for a, t in zip(axes[0], ("frame average", "dynamic appearance", "weight sum (leak)")):
+            if da_free is not None:
+                axes[r, 3].imshow(_rescale(da_free[r]))
+        names = ("frame average", "dynamic appearance", "weight sum (leak)", "leak-free DA (own model)")
+        for a, t in zip(axes[0], names):
             a.set_title(t if a is not axes[0, 2] else f"{t}\n{a.get_title()}", fontsize=8)
         for a in axes.flat:
             a.set_xticks([])
@@ -446,14 +454,22 @@ def _leakage_figure(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict)
     import matplotlib.pyplot as plt
 
     colours = {rep: f"C{i}" for i, rep in enumerate(INPUTS)}
+    # inputs with no static share at all sit at 0; spread them a little so that none hides another
+    nudge = {rep: 0.0015 * (i - 2) for i, rep in enumerate(INPUTS)}
+
+    def x_of(share, rep):
+        return share if share > 0 else nudge[rep]
+
     fig, a = plt.subplots(figsize=(6.4, 4.2))
     for rep in cfg.inputs:
-        pts = [(r["results"]["biased"][rep]["static_share"], r["results"]["biased"][rep]["accuracy"]) for r in runs]
+        pts = [(x_of(r["results"]["biased"][rep]["static_share"], rep), r["results"]["biased"][rep]["accuracy"])
+               for r in runs]
         a.scatter(*zip(*pts), color=colours[rep], marker="o", s=36, label=f"{rep} ({cfg.backbone})", zorder=3)
     markers = {"small2d": "s", "small3d": "^", "small_tsm": "o"}
     for row in studies.get("backbones", []):
         if row["backbone"] != cfg.backbone and "acc_biased" in row:
-            a.scatter(row["static_biased"], row["acc_biased"], color=colours[row["input"]], marker=markers[row["backbone"]],
+            a.scatter(x_of(row["static_biased"], row["input"]), row["acc_biased"], color=colours[row["input"]],
+                      marker=markers[row["backbone"]],
                       s=30, facecolors="none", zorder=2)
     for b in sorted({row["backbone"] for row in studies.get("backbones", [])} - {cfg.backbone}):
         a.scatter([], [], color="grey", marker=markers[b], facecolors="none", label=f"{b} (backbone study)")
@@ -466,8 +482,9 @@ def _leakage_figure(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict)
                        xytext=(3, 2), textcoords="offset points")
     a.axhline(100.0 / cfg.num_classes, color="k", lw=0.8, ls=":", label="chance")
     a.set_xscale("symlog", linthresh=0.01)  # the zero-sum inputs sit at 0, DA near 0.01-0.1, RGB near 1
-    a.set_xlim(-0.002, 1.2)
-    a.set_xlabel("static share of the input (scene-biased model, test clips; symlog)")
+    a.set_xlim(-0.006, 1.3)
+    a.set_ylim(0, 100)
+    a.set_xlabel("static share of the input (scene-biased model, test clips; symlog; zeros spread)")
     a.set_ylabel("accuracy after scene-biased training %")
     a.set_title("Does the input's static content cost accuracy under scene bias?", fontsize=9)
     a.legend(fontsize=6, loc="best")
@@ -624,7 +641,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         f"Wall time {payload['wall_s']:.0f} s on {payload['machine']}, torch {payload['torch']}, "
         f"{payload['threads']} thread(s).", "",
     ]
-    titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance and static leakage (first segment, one test clip per class)",
+    titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
               "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)",
               "leakage_vs_accuracy": "Scene-biased accuracy against static share"}
