@@ -172,11 +172,16 @@ def demo(
     num_train: int = typer.Option(None, "--num-train", help="override the training clips per setting"),
     num_test: int = typer.Option(None, "--num-test", help="override the test clips"),
     size: int = typer.Option(None, "--size", help="override the frame size in pixels"),
+    from_runs: str = typer.Option(None, "--from", help="comma list of finished demo folders (e.g. one per seed or "
+                                  "backbone): write one report from them into --out, no training"),
 ) -> None:
     """Same-scene synthetic actions: one backbone on RGB, RGB difference, dynamic image, DA and leak-free DA; table + report."""
-    from dynapp.apps.demo import demo_config, run_demo
+    from dynapp.apps.demo import demo_config, merge_reports, run_demo
 
     try:
+        if from_runs:
+            merge_reports([f.strip() for f in from_runs.split(",") if f.strip()], out=out, echo=typer.echo)
+            return
         cfg = demo_config(quick=quick, threads=threads, inputs=inputs, epochs=epochs, num_train=num_train,
                           num_test=num_test, size=size, backbone=backbone)
         run_demo(cfg, out=out, seeds=seeds, seed=seed, study=study, echo=typer.echo)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DemoConfig", "INPUTS", "demo_config", "run_demo", "train_and_evaluate", "format_table"]
+__all__ = ["DemoConfig", "INPUTS", "BACKBONES", "demo_config", "run_demo", "merge_reports", "train_and_evaluate",
+           "format_table"]
 
 INPUTS = ("rgb", "rgb_diff", "dynamic_image", "pwtp", "pwtp_remove")
 # demo input -> (representation, its fixed keyword arguments)
@@ -599,26 +601,97 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
             echo(f"study {name} (seed {seed}):")
             studies[name] = _study(cfg, name, seed, out, echo, first_data, runs[0]["results"])
         del first_data
-        figures.update(_leakage_figure(out, cfg, runs, studies))
     finally:
         torch.set_num_threads(old_threads)
-    wall_s = time.perf_counter() - wall
-    rows = summarise(runs, cfg)
-    chance = 100.0 / cfg.num_classes
-    table = format_table(rows, chance=chance, seeds=seeds)
-    echo(table)
-    echo(f"wall time {wall_s:.0f} s; report in {out / 'report.md'}")
     for r in runs:  # drop the models and keep the rest JSON-friendly
         for s in r["results"].values():
             for v in s.values():
                 v.pop("_model", None)
+    return _finish(out, cfg, runs, studies, figures, [{"folder": str(out), "seeds": [r["seed"] for r in runs],
+                                                        "wall_s": time.perf_counter() - wall}], echo)
+
+
+def _finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures: dict, parts: list[dict], echo) -> dict:
+    """Summarise, draw the static-share figure, write results.json and report.md; returns the payload."""
+    figures = {**figures, **_leakage_figure(out, cfg, runs, studies)}
+    wall_s = sum(p["wall_s"] for p in parts)
+    rows = summarise(runs, cfg)
+    chance = 100.0 / cfg.num_classes
+    echo(format_table(rows, chance=chance, seeds=len(runs)))
+    echo(f"wall time {wall_s:.0f} s; report in {out / 'report.md'}")
     payload = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                "seeds": [r["seed"] for r in runs], "chance": chance, "summary": rows, "runs": runs,
-               "studies": studies, "wall_s": wall_s, "machine": _machine(), "torch": torch.__version__,
+               "studies": studies, "wall_s": wall_s, "parts": parts, "machine": _machine(), "torch": torch.__version__,
                "threads": cfg.threads, "figures": figures}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    _write_report(out, cfg, rows, payload, seeds, figures, studies)
+    _write_report(out, cfg, rows, payload, len(runs), figures, studies)
     return payload
+
+
+def _config_from_json(d: dict) -> DemoConfig:
+    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def merge_reports(folders: list[str | os.PathLike], *, out: str | os.PathLike, echo=None) -> dict:
+    """One report from the results.json of several demo runs of the same benchmark (no training).
+
+    Runs of the first folder's backbone and inputs (distinct seeds, e.g. ``--seed 0``, ``--seed
+    1``, ... run in parallel) make the main table; a run with another backbone adds its first
+    seed as that backbone's rows of the ``backbones`` study; every folder's studies are kept.
+    The seed-0 figures are copied from the first folder.  All folders must share the benchmark
+    (everything in the config but inputs, backbone and threads).
+    """
+    echo = echo or (lambda line: print(line, flush=True))
+    if not folders:
+        raise ValueError("--from: no folders given")
+    loaded = []
+    for f in folders:
+        path = Path(f) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"--from: {path} does not exist (not a finished demo run)")
+        loaded.append((Path(f), json.loads(path.read_text())))
+    cfg = _config_from_json(loaded[0][1]["config"])
+    bench = lambda c: {k: v for k, v in c.items() if k not in ("inputs", "backbone", "threads")}  # noqa: E731
+    runs, studies, others, parts = [], {}, {}, []
+    for folder, data in loaded:
+        if bench(data["config"]) != bench(loaded[0][1]["config"]):
+            raise ValueError(f"--from: {folder} is not the same benchmark as {loaded[0][0]} (configs differ)")
+        parts.append({"folder": str(folder), "seeds": data["seeds"], "wall_s": data["wall_s"]})
+        same_inputs = tuple(data["config"]["inputs"]) == cfg.inputs
+        if same_inputs and data["config"]["backbone"] == cfg.backbone:
+            seen = {r["seed"] for r in runs}
+            if seen & set(data["seeds"]):
+                raise ValueError(f"--from: seed(s) {sorted(seen & set(data['seeds']))} of {folder} are already merged")
+            runs += data["runs"]
+        elif same_inputs:
+            others[data["config"]["backbone"]] = data["runs"][0]["results"]
+        for name, rows in data["studies"].items():
+            if name in studies:
+                raise ValueError(f"--from: study {name!r} is in two folders")
+            studies[name] = rows
+    if not runs:
+        raise ValueError(f"--from: no run of {loaded[0][0]}'s backbone and inputs")
+    runs.sort(key=lambda r: r["seed"])
+    if others and "backbones" not in studies:
+        first = runs[0]["results"]
+        rows = []
+        for backbone in [cfg.backbone, *sorted(others, key=BACKBONES.index)]:
+            res = first if backbone == cfg.backbone else others[backbone]
+            for rep in cfg.inputs:
+                row = {"backbone": backbone, "input": rep}
+                for setting in cfg.settings:
+                    row[f"acc_{setting}"], row[f"static_{setting}"] = (res[setting][rep]["accuracy"],
+                                                                      res[setting][rep]["static_share"])
+                rows.append({**row, "params": res[cfg.settings[0]][rep]["params"],
+                             "gflops": res[cfg.settings[0]][rep]["gflops"]})
+        studies["backbones"] = rows
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {k: v for k, v in loaded[0][1]["figures"].items() if k != "leakage_vs_accuracy"}
+    for f in figures.values():
+        if (loaded[0][0] / f).resolve() != (out / f).resolve():
+            shutil.copyfile(loaded[0][0] / f, out / f)
+    return _finish(out, cfg, runs, studies, figures, parts, echo)
 
 
 def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, studies) -> None:
@@ -639,7 +712,9 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         "construction); ENoPR (Eq. 7) of the test clips, weight sum = mean per-pixel sum of the temporal "
         "weights and training time: unbiased models; params and GFLOPs (multiply-adds) per view.", "",
         f"Wall time {payload['wall_s']:.0f} s on {payload['machine']}, torch {payload['torch']}, "
-        f"{payload['threads']} thread(s).", "",
+        f"{payload['threads']} thread(s)"
+        + ("." if len(payload["parts"]) == 1 else "; merged from " + ", ".join(
+            f"{p['folder']} (seeds {p['seeds']}, {p['wall_s']:.0f} s)" for p in payload["parts"]) + "."), "",
     ]
     titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
