@@ -117,6 +117,7 @@ class LogConfig:
     tensorboard: bool = True
     csv: bool = True
     progress: bool = True
+    every_steps: int = 20  # console: a line every N steps when stdout is not a terminal (a bar on one)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class CheckpointConfig:
     enabled: bool = True  # false: write no checkpoint at all (smoke tests)
     every_steps: int = 0  # also save every N optimiser steps (0: only at epoch ends)
     keep_every_epoch: bool = False  # keep epoch_XXX.pt besides last.pt
+    resume: str = "never"  # never | auto (continue if checkpoints/last.pt exists, else start) | always (= --resume)
 
 
 @dataclass
@@ -341,6 +343,9 @@ def validate(cfg: RunConfig) -> None:
     _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
     _check(cfg.debug.sleep_per_step >= 0, f"debug.sleep_per_step: must be >= 0, got {cfg.debug.sleep_per_step}")
     _check(cfg.checkpoint.every_steps >= 0, f"checkpoint.every_steps: must be >= 0, got {cfg.checkpoint.every_steps}")
+    _check(cfg.checkpoint.resume in ("never", "auto", "always"),
+           f"checkpoint.resume: expected never, auto or always, got {cfg.checkpoint.resume!r}")
+    _check(cfg.log.every_steps >= 1, f"log.every_steps: must be >= 1, got {cfg.log.every_steps}")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

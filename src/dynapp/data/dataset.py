@@ -100,6 +100,8 @@ class VideoDataset(Dataset):
         backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed.
         classes: the class names (kept as ``.classes``).
         max_replacements: how many following videos to try before giving up on a bad one.
+        seed: the run seed; training item ``i`` of epoch ``e`` draws its offsets, crop, scale and
+            flip from ``numpy.random.default_rng([seed, e, i])`` (call :meth:`set_epoch`).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class VideoDataset(Dataset):
         backend: str = "pyav",
         classes: Sequence[str] | None = None,
         max_replacements: int = 100,
+        seed: int = 0,
     ):
         if sampling not in SAMPLERS:
             raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLERS)}")
@@ -145,6 +148,9 @@ class VideoDataset(Dataset):
         self.classes = list(classes) if classes is not None else [
             str(i) for i in range(max(a.label for a in self.items) + 1)]
         self.max_replacements = max_replacements
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.seed, self.epoch = int(seed), 0  # the per-sample generator's key (see set_epoch)
         # Shared between the main process and DataLoader workers (fork or spawn): 1 = bad.
         self._bad = torch.zeros(len(self.items), dtype=torch.uint8)
         try:
@@ -152,6 +158,11 @@ class VideoDataset(Dataset):
         except (RuntimeError, OSError):  # no shared memory: counts stay per process
             pass
         self._reasons: dict[int, str] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Key the per-sample generators to ``epoch``: call it before creating the epoch's
+        DataLoader (its workers copy the dataset when they start)."""
+        self.epoch = int(epoch)
 
     @property
     def views(self) -> int:
@@ -207,9 +218,9 @@ class VideoDataset(Dataset):
         clip, crop = divmod(view, self.num_crops)
         rng = None
         if self.train:
-            # Drawn from torch's RNG, which the DataLoader seeds differently in every worker
-            # and every epoch, and which torch.manual_seed makes reproducible.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            # The sample's own generator: a function of (seed, epoch, item) only, never of the
+            # worker, the process or where a run was interrupted (exact resume, any world size).
+            rng = np.random.default_rng([self.seed, self.epoch, item])
         n = len(self.items)
         tries = min(n, self.max_replacements + 1)
         for step in range(tries):
@@ -263,6 +274,7 @@ def build_dataset(
     sampling: str = "tsn",
     crop_size: int = 224,
     flip: bool | None = None,
+    seed: int = 0,
     **kwargs,
 ) -> VideoDataset:
     """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
@@ -270,7 +282,8 @@ def build_dataset(
     ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
     direction; the paper trains it without flipping).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
-    ``num_crops``, ``backend``).  ``name="synthetic"`` generates the same-scene action clips of
+    ``num_crops``, ``backend``); ``seed`` keys the per-sample augmentation generators (the
+    run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
     :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
     """
     if name == "synthetic":
@@ -283,7 +296,7 @@ def build_dataset(
         flip = name != "ssv1"
     ds = VideoDataset(
         ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
-        crop_size=crop_size, flip=flip, classes=ann.classes, **kwargs,
+        crop_size=crop_size, flip=flip, classes=ann.classes, seed=seed, **kwargs,
     )
     ds.name = name
     return ds

@@ -20,6 +20,7 @@ from dynapp.data.noise import RandomClips
 from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
+from dynapp.engine.preempt import Preempted
 from dynapp.engine.train import train
 from dynapp.model import build_model
 
@@ -50,7 +51,7 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
                               crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
-    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, **common)
+    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
                             num_crops=views[1], **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
@@ -83,6 +84,9 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
     info = init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     finished = False
+    # checkpoint.resume=auto: continue if the run folder holds a checkpoint (a requeued job), else start
+    resume = resume or cfg.checkpoint.resume == "always" or (
+        cfg.checkpoint.resume == "auto" and (Path(cfg.log.out_dir) / "checkpoints" / "last.pt").is_file())
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -113,10 +117,13 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
             eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
             keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
-            progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
+            progress=cfg.log.progress, log_every_steps=cfg.log.every_steps, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
             config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
         finished = True
         return result
+    except Preempted:
+        finished = True  # every process stopped after the same step: leave the group together
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone

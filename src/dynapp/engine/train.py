@@ -55,6 +55,7 @@ from dynapp.engine.distributed import (
 )
 from dynapp.engine.evaluate import evaluate, write_json
 from dynapp.engine.log import TrainLogger
+from dynapp.engine.preempt import StopSignals, ignore_stop_signals
 from dynapp.joint import MGDAState, backward_joint, combine_theta1_grads, theta1_parameters, weighted_alpha
 
 __all__ = [
@@ -184,14 +185,14 @@ def train_one_epoch(
     device: torch.device,
     amp: bool,
     logger: TrainLogger | None,
-    progress: bool,
     save: Callable[[], None],
     checkpoint_every: int,
     max_steps: int,
     nan_at_step: int = 0,
     sleep_per_step: float = 0.0,
+    stop: StopSignals | None = None,
 ) -> bool:
-    """Train ``steps_this_epoch`` optimiser steps; returns False if ``max_steps`` stopped it.
+    """Train ``steps_this_epoch`` optimiser steps; returns False if ``max_steps`` or ``stop`` stopped it.
 
     ``phase``: "joint" (the strategy's step), "pwtp" (separate training, ENoPR only, backbone not
     run) or "recogniser" (separate training, Theta1 frozen).
@@ -200,13 +201,7 @@ def train_one_epoch(
     theta1 = theta1_parameters(model)
     mgda_state = MGDAState(theta1)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    rank, world = get_rank(), get_world_size()
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps_this_epoch, initial=state.batch_in_epoch // accumulation_steps,
-                   desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
+    world = get_world_size()
     stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
     micro = 0
     tic = time.perf_counter()
@@ -232,6 +227,7 @@ def train_one_epoch(
             if state.step + 1 == nan_at_step and rec_loss is not None:
                 rec_loss = rec_loss * float("nan")  # fault injection (tests)
             main = aux_loss if phase == "pwtp" else rec_loss
+            has_aux = aux_loss is not None  # alpha and ENoPR apply (empty log cells otherwise)
             # one small all-reduce: logging statistics and whether any process saw a non-finite loss
             finite = bool(torch.isfinite(main)) and (aux_loss is None or bool(torch.isfinite(aux_loss)))
             local = torch.tensor([
@@ -289,16 +285,14 @@ def train_one_epoch(
 
         toc = time.perf_counter()
         n = stats[4].item()
-        row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n,
-               "enopr": stats[1].item() / n, "alpha": alpha, "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1),
+        row = {"step": state.step, "epoch": state.epoch, "lr": lr,
+               "rec_loss": stats[0].item() / n if phase != "pwtp" else None,
+               "enopr": stats[1].item() / n if has_aux else None, "alpha": alpha if has_aux else None,
+               "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1) if phase != "pwtp" else None,
                "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(toc - tic, 1e-9)}
         row["loss"] = row["enopr"] if phase == "pwtp" else row["rec_loss"]
         if logger is not None:
             logger.log(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}", alpha=f"{alpha:.3f}",
-                            sps=f"{row['samples_per_s']:.1f}")
-            bar.update(1)
         stats.zero_()
         if sleep_per_step > 0:
             time.sleep(sleep_per_step)
@@ -306,11 +300,9 @@ def train_one_epoch(
         if checkpoint_every and state.step % checkpoint_every == 0:
             save()
         if max_steps and state.step >= max_steps:
-            if bar is not None:
-                bar.close()
             return False
-    if bar is not None:
-        bar.close()
+        if stop is not None and stop.should_stop(device):  # collective: every process stops after this step
+            return False
     return True
 
 
@@ -355,6 +347,7 @@ def train(
     csv_log: bool = True,
     tensorboard: bool = True,
     progress: bool = True,
+    log_every_steps: int = 20,
     seed: int = 0,
     device: torch.device | None = None,
     max_steps: int = 0,
@@ -412,7 +405,8 @@ def train(
     state = TrainState()
     last_path = ckpt_dir / "last.pt"
     if not resume and last_path.exists():
-        raise ValueError(f"{last_path} exists: add --resume to continue that run, or choose another log.out_dir")
+        raise ValueError(f"{last_path} exists: add --resume (or checkpoint.resume=auto) to continue that run, "
+                         "or choose another log.out_dir")
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
@@ -448,8 +442,11 @@ def train(
         state.last_checkpoint = str(last_path)
         barrier()
 
-    logger = TrainLogger(out_dir, rank=rank, csv_log=csv_log, tensorboard=tensorboard, start_step=state.step)
+    logger = TrainLogger(out_dir, rank=rank, csv_log=csv_log, tensorboard=tensorboard, start_step=state.step,
+                         progress=progress, every_steps=log_every_steps, total_steps=total_steps,
+                         steps_per_epoch=steps_per_epoch, checkpoint_dir=ckpt_dir if save_checkpoints else None)
     result: dict = {}
+    stop = StopSignals().install()  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise Preempted
     try:
         finished = True
         while state.epoch < epochs:
@@ -459,21 +456,27 @@ def train(
                 phase = "pwtp" if epoch < separate_epochs else "recogniser"
             set_train_mode(model, frozen_bn=frozen_bn, freeze_representation=phase == "recogniser")
             sampler.set_epoch(epoch)
+            if hasattr(train_dataset, "set_epoch"):
+                train_dataset.set_epoch(epoch)  # per-sample augmentation keyed by (seed, epoch, index)
             loader = DataLoader(
                 train_dataset, batch_size=per_process, drop_last=True, num_workers=num_workers,
                 sampler=_SkipSampler(sampler, state.batch_in_epoch * per_process),
-                pin_memory=device.type == "cuda", persistent_workers=False,
+                pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=ignore_stop_signals,
                 generator=torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank))
             finished = train_one_epoch(
                 model=model, ddp_model=ddp_model, loader=loader, optimizer=optimizer, scaler=scaler, state=state,
                 steps_this_epoch=steps_per_epoch, total_steps=total_steps, lr_of_step=lr_of_step, strategy=strategy,
                 alpha=alpha, gamma=gamma, lam=lam, phase=phase, accumulation_steps=accumulation_steps,
                 label_smoothing=label_smoothing, clip_grad_norm=clip_grad_norm, device=device, amp=amp, logger=logger,
-                progress=progress, save=save, checkpoint_every=checkpoint_every_steps, max_steps=max_steps,
-                nan_at_step=nan_at_step, sleep_per_step=sleep_per_step)
+                save=save, checkpoint_every=checkpoint_every_steps, max_steps=max_steps,
+                nan_at_step=nan_at_step, sleep_per_step=sleep_per_step, stop=stop)
             if not finished:
                 if not (checkpoint_every_steps and state.step % checkpoint_every_steps == 0):
                     save()
+                if stop.stopped:
+                    error = stop.error(state.step, total_steps, last_path if save_checkpoints else None)
+                    logger.print(str(error))
+                    raise error
                 break
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             save(epoch_file=keep_every_epoch)
@@ -493,5 +496,6 @@ def train(
                               amp=amp)
             result.update(epoch=state.epoch, step=state.step)
     finally:
+        stop.restore()
         logger.close()
     return result
