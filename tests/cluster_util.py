@@ -21,7 +21,8 @@ from dynapp.engine.checkpoint import load_checkpoint
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def write_clips(root: Path, *, train_per_class: int = 4, val_per_class: tuple[int, ...] = (2, 1), seed: int = 0) -> Path:
+def write_clips(root: Path, *, train_per_class: int = 4, val_per_class: tuple[int, ...] = (2, 1),
+                seed: int = 0) -> Path:
     """``root/{train,val}/<class>/vN.mp4``: 2 classes, 16 frames of 40 x 48 textures that move
     left or right (H.264); 3 validation videos (an odd count, so a padded shard would show)."""
     rng = np.random.default_rng(seed)

@@ -23,7 +23,6 @@ from cluster_util import (
     train_args,
     wait_for_rows,
     wait_for_text,
-    write_clips,
 )
 from dynapp.config import load_config
 from dynapp.data import build_dataset
@@ -31,19 +30,6 @@ from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.engine.run import run_from_config
 
 TOTAL = 12  # 8 training clips / batch 2 = 4 steps per epoch, 3 epochs
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    return write_clips(tmp_path_factory.mktemp("clips"))
-
-
-@pytest.fixture(scope="module")
-def reference(clips, tmp_path_factory):
-    """An uninterrupted run, in this process, without loader workers."""
-    out = tmp_path_factory.mktemp("reference")
-    run_from_config(load_config(None, train_args(clips, out, "data.num_workers=0")))
-    return out
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(clips):

@@ -71,7 +71,8 @@ class TrainLogger:
             kept: list[dict] = []
             if start_step > 0 and path.exists():
                 with open(path, newline="") as f:
-                    kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+                    kept = [r for r in csv.DictReader(f)
+                            if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
             self._csv = open(path, "w", newline="")
             self._writer = csv.DictWriter(self._csv, fieldnames=self.FIELDS)
             self._writer.writeheader()

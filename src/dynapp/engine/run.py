@@ -117,7 +117,8 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
             eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
             keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
-            progress=cfg.log.progress, log_every_steps=cfg.log.every_steps, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
+            progress=cfg.log.progress, log_every_steps=cfg.log.every_steps, seed=cfg.seed, device=info.device,
+            max_steps=cfg.max_steps, resume=resume,
             config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
         finished = True
         return result
