@@ -112,3 +112,13 @@ def assert_same_rows(ref: list[dict], got: list[dict]) -> None:
     assert [r["step"] for r in got] == [r["step"] for r in ref]
     for a, b in zip(ref, got):
         assert {k: a[k] for k in LOGGED} == {k: b[k] for k in LOGGED}, a["step"]
+
+
+def torchrun_workers(pid: int) -> dict[int, int]:
+    """``{rank: pid}`` of the worker processes of the torchrun process ``pid`` (Linux /proc)."""
+    out = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{child}/environ").read_bytes().split(b"\0") if b"=" in kv)
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = int(child)
+    return out
