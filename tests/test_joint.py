@@ -10,10 +10,13 @@ from torch import nn
 
 from dynapp.joint import (
     ALPHA_WHEN_EQUAL,
+    NORMALIZATIONS,
     MGDAState,
     backward_joint,
     combine_theta1_grads,
+    gradient_normalizer,
     mgda_alpha,
+    normalized_mgda_alpha,
     scheduler_alpha,
     theta1_parameters,
     weighted_alpha,
@@ -211,3 +214,121 @@ def test_no_aux_loss_is_plain_backward():
     backward_joint("mgda", rec_loss=out.pow(2).mean(), aux_loss=None, theta1=theta1_parameters(model),
                    mgda_state=MGDAState([]))
     assert model.head.weight.grad is not None
+
+
+# ---- MGDA with Sener and Koltun's gradient normalisation ----
+
+
+def _by_hand_normaliser(g: torch.Tensor, loss: float, normalize: str) -> float:
+    norm = float(g.double().norm())
+    return {"none": 1.0, "l2": norm, "loss": loss, "loss+": loss * norm}[normalize]
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("seed", range(3))
+def test_normalized_alpha_is_min_norm_point_of_normalized_gradients(normalize, seed):
+    gen = torch.Generator().manual_seed(seed)
+    g1 = 50.0 * torch.randn(40, generator=gen)  # very different scales: normalisation matters
+    g2 = 0.2 * torch.randn(40, generator=gen) + 0.01 * g1
+    l1, l2 = 0.03, 2.5
+    n1, n2 = _by_hand_normaliser(g1, l1, normalize), _by_hand_normaliser(g2, l2, normalize)
+    expected = _grid_minimiser(g1.double() / n1, g2.double() / n2)
+    alpha = normalized_mgda_alpha(g1, g2, normalize=normalize, l1=l1, l2=l2)
+    assert alpha == pytest.approx(expected, abs=2e-5)
+    assert gradient_normalizer(g1, l1, normalize) == pytest.approx(n1)
+    if normalize == "none":
+        assert alpha == mgda_alpha(g1, g2)
+
+
+def test_l2_normalisation_balances_gradients_of_different_scale():
+    g1, g2 = torch.tensor([100.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert mgda_alpha(g1, g2) < 1e-3  # Eq. 12 follows the small gradient almost entirely
+    assert normalized_mgda_alpha(g1, g2, normalize="l2") == pytest.approx(0.5)  # equal after normalising
+
+
+def test_zero_gradient_normaliser_is_one_and_bad_mode_rejected():
+    assert gradient_normalizer(torch.zeros(3), 0.5, "l2") == 1.0
+    assert gradient_normalizer(torch.ones(3), 0.0, "loss") == 1.0
+    with pytest.raises(ValueError, match="normalize"):
+        gradient_normalizer(torch.ones(3), 1.0, "max")
+    with pytest.raises(ValueError, match="normalize"):
+        combine_theta1_grads([nn.Parameter(torch.ones(1))], _state_with_g1(), normalize="max")
+
+
+def _state_with_g1() -> MGDAState:
+    p = nn.Parameter(torch.ones(1))
+    state = MGDAState([p])
+    state.add([torch.ones(1)])
+    return state
+
+
+def _toy_step(model, x, y, chunks=1):
+    theta1 = theta1_parameters(model)
+    state = MGDAState(theta1)
+    for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
+        out, aux = model(xb)
+        backward_joint("mgda", rec_loss=((out - yb) ** 2).mean(), aux_loss=aux, theta1=theta1, divide=chunks,
+                       mgda_state=state)
+    return theta1, state
+
+
+@pytest.mark.parametrize("normalize", ["l2", "loss", "loss+"])
+def test_normalized_mgda_steps_on_unnormalized_combination(normalize):
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(7))
+    y = 3.0 * torch.randn(6, generator=torch.Generator().manual_seed(8))
+    model = _ToyModel()
+    w = model.representation.w.detach().clone()
+    v = model.head.weight.detach().clone().reshape(-1)
+    theta1, state = _toy_step(model, x, y)
+    alpha = combine_theta1_grads(theta1, state, normalize=normalize)
+    # by hand (see test_algorithm1_update_matches_hand_computation): gradients and loss values
+    g1 = (-2 * (1 - w) * (x**2)).mean(0)
+    r = (x * w * v).sum(1) - y
+    g2 = (2 * r[:, None] * v * x).mean(0)
+    l1, l2 = float(((x - x * w) ** 2).sum(1).mean()), float((r**2).mean())
+    n1, n2 = _by_hand_normaliser(g1, l1, normalize), _by_hand_normaliser(g2, l2, normalize)
+    a = _grid_minimiser(g1.double() / n1, g2.double() / n2)
+    assert alpha == pytest.approx(a, abs=2e-5)
+    assert abs(alpha - mgda_alpha(g1, g2)) > 1e-3  # the normalisation changed alpha here
+    # Theta1 steps along the combination of the raw gradients (Sener and Koltun's code)
+    assert torch.allclose(model.representation.w.grad, alpha * g1 + (1 - alpha) * g2, atol=1e-5)
+    assert state.losses is None and state.g1 is None
+
+
+@pytest.mark.parametrize("normalize", ["loss", "loss+"])
+def test_normalized_mgda_accumulation_equals_full_batch(normalize):
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(8, generator=torch.Generator().manual_seed(2))
+    alphas = []
+    for chunks in (1, 2, 4):
+        model = _ToyModel()
+        theta1, state = _toy_step(model, x, y, chunks)
+        alphas.append(combine_theta1_grads(theta1, state, normalize=normalize))
+    assert alphas[1] == pytest.approx(alphas[0], abs=1e-6) and alphas[2] == pytest.approx(alphas[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+def test_normalized_mgda_averages_losses_over_processes(normalize):
+    # two simulated processes on two halves of a batch: DDP averages g2 in .grad; the reducer
+    # given to combine_theta1_grads averages g1 (float32) and the loss values (float64)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    y = 4.0 * torch.randn(8, generator=torch.Generator().manual_seed(4))
+    models = [_ToyModel(), _ToyModel()]
+    steps = [_toy_step(m, xb, yb) for m, xb, yb in zip(models, x.chunk(2), y.chunk(2))]
+    (theta_a, state_a), (theta_b, state_b) = steps
+    peer = {torch.float32: torch.cat([g.reshape(-1) for g in state_b.g1]), torch.float64: state_b.losses.clone()}
+    g1_mean = (torch.cat([g.reshape(-1) for g in state_a.g1]) + peer[torch.float32]) / 2
+    l_mean = (state_a.losses + peer[torch.float64]) / 2
+    g2_mean = (theta_a[0].grad + theta_b[0].grad) / 2
+    theta_a[0].grad = g2_mean.clone()
+    reduced = []
+
+    def reducer(t):
+        reduced.append(t.dtype)
+        return (t + peer[t.dtype]) / 2
+
+    alpha = combine_theta1_grads(theta_a, state_a, all_reduce_mean=reducer, normalize=normalize)
+    n1 = _by_hand_normaliser(g1_mean, float(l_mean[0]), normalize)
+    n2 = _by_hand_normaliser(g2_mean, float(l_mean[1]), normalize)
+    assert alpha == pytest.approx(_grid_minimiser(g1_mean.double() / n1, g2_mean.double() / n2), abs=2e-5)
+    assert (torch.float64 in reduced) == (normalize in ("loss", "loss+"))  # no extra all-reduce otherwise

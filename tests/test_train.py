@@ -256,3 +256,30 @@ def test_init_from_checkpoint_skips_a_different_head(tmp_path):
     for k, v in source.items():
         if not k.startswith("head."):
             assert torch.equal(state[k], v), k
+
+
+def test_mgda_normalize_runs_and_logs_alpha(tmp_path):
+    cfg = load_config(None, TINY + ["optim.epochs=1", "joint.normalize=loss+", "checkpoint.enabled=false",
+                                    f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    alphas = [float(r["alpha"]) for r in _read_csv(tmp_path / "train_log.csv")]
+    assert len(alphas) == 4 and all(0.0 <= a <= 1.0 for a in alphas)
+
+
+def test_joint_normalize_is_validated():
+    from dynapp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="joint.normalize: expected none, l2, loss, loss\\+, got 'max'"):
+        load_config(None, ["joint.normalize=max"])
+    assert load_config(None, []).joint.normalize == "none"  # the paper's Eq. 12 by default
+
+
+def test_checkpoint_carries_class_names(tmp_path):
+    # a dataset with class names (the generated actions) stores them; noise clips have none
+    named = TINY[1:] + ["data.dataset=synthetic", "data.dataset_kwargs.num_classes=3", "data.dataset_kwargs.num_train=6",
+                        "data.dataset_kwargs.num_test=3", "optim.epochs=1", "max_steps=1", f"log.out_dir={tmp_path / 'a'}"]
+    run_from_config(load_config(None, named))
+    ck = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    assert ck["classes"] == ["move_left", "move_right", "move_up"]
+    run_from_config(load_config(None, TINY + ["optim.epochs=1", "max_steps=1", f"log.out_dir={tmp_path / 'b'}"]))
+    assert "classes" not in load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")

@@ -11,7 +11,8 @@ loss (a function of Theta1 and Theta2).  Four strategies (Table 5 and Table 9):
     alone (``torch.autograd.grad`` on Theta1, which is about 10k numbers); never two full
     backward passes.  Under data parallelism g2 arrives averaged by DDP and g1 is averaged
     here (one all-reduce of a Theta1-sized vector) before alpha is computed, so every process
-    takes the same alpha.
+    takes the same alpha.  Optionally (``normalize``) g1 and g2 are normalised before Eq. 12 as
+    Sener and Koltun ran MGDA (see ``gradient_normalizer``); ``"none"`` is the paper's Eq. 12.
 ``constant``
     Eq. 9 literally with a fixed alpha: one backward of ``alpha L1 + (1 - alpha) L2``.  Theta1
     thus gets ``alpha g1 + (1 - alpha) g2`` and Theta2 gets ``(1 - alpha) grad L2`` (the weighted
@@ -37,7 +38,10 @@ from torch import Tensor
 
 __all__ = [
     "STRATEGIES",
+    "NORMALIZATIONS",
     "mgda_alpha",
+    "gradient_normalizer",
+    "normalized_mgda_alpha",
     "scheduler_alpha",
     "constant_alpha",
     "weighted_alpha",
@@ -48,6 +52,8 @@ __all__ = [
 ]
 
 STRATEGIES = ("mgda", "constant", "scheduler", "separate")
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")  # MGDA's gradient normalisation (Sener and Koltun 2018)
+_LOSS_NORMALIZATIONS = ("loss", "loss+")
 
 # When ||g1 - g2||^2 is below this fraction of max(||g1||^2, ||g2||^2) the two gradients are
 # taken as equal: every alpha in [0, 1] then gives the same direction and Eq. 12 is 0/0.
@@ -77,6 +83,40 @@ def mgda_alpha(g1: Tensor, g2: Tensor) -> float:
         return ALPHA_WHEN_EQUAL
     alpha = float((b - a).dot(b)) / denom
     return min(max(alpha, 0.0), 1.0)
+
+
+def gradient_normalizer(g: Tensor, loss: float, normalize: str) -> float:
+    """The number a task's gradient is divided by before Eq. 12 (Sener and Koltun's normalisation).
+
+    Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018: their
+    code (``gradient_normalizers`` of MultiObjectiveOptimization) divides each task's gradient,
+    before the min-norm solver, by ``1`` (``"none"``), its L2 norm ``||g||`` (``"l2"``), the
+    task's loss value ``L`` at that step (``"loss"``) or ``L ||g||`` (``"loss+"``); the paper
+    itself leaves this out.  ``g`` is the flattened gradient, ``loss`` the task's loss value.
+    A normaliser of exactly 0 (a zero gradient, or a zero loss) is replaced by 1, so a zero
+    gradient stays zero instead of becoming 0/0; a non-finite one is returned as it is (the
+    non-finite check of the training loop then stops the run).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    if normalize == "none":
+        return 1.0
+    norm = float(g.detach().reshape(-1).double().norm()) if normalize in ("l2", "loss+") else 1.0
+    value = {"l2": norm, "loss": float(loss), "loss+": float(loss) * norm}[normalize]
+    return 1.0 if value == 0.0 else value
+
+
+def normalized_mgda_alpha(g1: Tensor, g2: Tensor, *, normalize: str = "none", l1: float = 1.0,
+                          l2: float = 1.0) -> float:
+    """Eq. 12 on the normalised gradients ``g1 / n1`` and ``g2 / n2`` (``gradient_normalizer``).
+
+    ``l1``, ``l2``: the loss values of ENoPR and of the recognition loss (used by ``"loss"`` and
+    ``"loss+"``).  ``normalize="none"`` is exactly ``mgda_alpha(g1, g2)``.
+    """
+    if normalize == "none":
+        return mgda_alpha(g1, g2)
+    n1, n2 = gradient_normalizer(g1, l1, normalize), gradient_normalizer(g2, l2, normalize)
+    return mgda_alpha(g1.detach().double() / n1, g2.detach().double() / n2)
 
 
 def scheduler_alpha(m: int, total: int, *, gamma: float, lam: float) -> float:
@@ -138,22 +178,31 @@ def theta1_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 class MGDAState:
-    """The g1 accumulator of one optimiser step (sums over gradient-accumulation micro-batches)."""
+    """The g1 accumulator of one optimiser step (sums over gradient-accumulation micro-batches).
+
+    ``losses`` accumulates ``(L1, L2)`` the same way (each micro-batch adds its losses divided by
+    the number of micro-batches, so the sum is the step's mean loss), for the loss normalisations.
+    """
 
     def __init__(self, theta1: Sequence[Tensor]):
         self.theta1 = list(theta1)
         self.g1: list[Tensor] | None = None
+        self.losses: Tensor | None = None  # (2,) float64: L1 (ENoPR), L2 (recognition)
 
-    def add(self, grads: Sequence[Tensor | None]) -> None:
+    def add(self, grads: Sequence[Tensor | None], losses: tuple[Tensor, Tensor] | None = None) -> None:
         grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(self.theta1, grads)]
         if self.g1 is None:
             self.g1 = grads
         else:
             for acc, g in zip(self.g1, grads):
                 acc.add_(g)
+        if losses is not None:
+            values = torch.stack([v.detach().double() for v in losses])
+            self.losses = values if self.losses is None else self.losses + values
 
     def reset(self) -> None:
         self.g1 = None
+        self.losses = None
 
 
 def backward_joint(
@@ -183,7 +232,7 @@ def backward_joint(
         if mgda_state is None:
             raise ValueError("mgda needs an MGDAState")
         g1 = torch.autograd.grad(scale(aux_loss / divide), list(theta1), retain_graph=True, allow_unused=True)
-        mgda_state.add(g1)
+        mgda_state.add(g1, losses=(aux_loss / divide, rec_loss / divide))
         scale(rec_loss / divide).backward()
     elif strategy in ("constant", "scheduler"):
         scale((alpha * aux_loss + (1.0 - alpha) * rec_loss) / divide).backward()
@@ -196,21 +245,40 @@ def combine_theta1_grads(
     mgda_state: MGDAState,
     *,
     all_reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    normalize: str = "none",
 ) -> float:
     """Algorithm 1, lines 3-5: average g1 over processes, alpha by Eq. 12, set Theta1's grad.
 
     ``theta1[i].grad`` holds g2 (already averaged over processes by DDP); afterwards it holds
     ``alpha g1 + (1 - alpha) g2``.  ``all_reduce_mean`` averages a tensor over processes
     (None for one process).  Returns alpha.  Resets ``mgda_state``.
+
+    ``normalize`` (``NORMALIZATIONS``): alpha is the min-norm point of the *normalised*
+    gradients ``g1 / n1``, ``g2 / n2`` (``gradient_normalizer``; the loss values are the step's
+    mean losses, averaged over processes like g1), but Theta1 steps along the combination of
+    the *unnormalised* gradients ``alpha g1 + (1 - alpha) g2``.  This is what Sener and Koltun's
+    code does (NeurIPS 2018, MultiObjectiveOptimization ``train_multi_task.py``): the
+    normalisation only chooses the weights, which then multiply the raw task losses in one
+    backward pass.  It keeps the step's scale the one of the losses (with ``"l2"`` a normalised
+    combination would have norm <= 1 whatever the learning rate was tuned for), and
+    ``"none"`` is Eq. 12 and Algorithm 1 exactly.
     """
     theta1 = list(theta1)
     if mgda_state.g1 is None:
         raise ValueError("no g1 accumulated: call backward_joint('mgda', ...) first")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     g1 = torch.cat([g.reshape(-1) for g in mgda_state.g1])
     if all_reduce_mean is not None:
         g1 = all_reduce_mean(g1)
     g2 = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in theta1])
-    alpha = mgda_alpha(g1, g2)
+    l1 = l2 = 1.0
+    if normalize in _LOSS_NORMALIZATIONS:
+        if mgda_state.losses is None:
+            raise ValueError(f"normalize={normalize!r} needs the loss values: backward_joint records them")
+        losses = mgda_state.losses if all_reduce_mean is None else all_reduce_mean(mgda_state.losses)
+        l1, l2 = (float(v) for v in losses)
+    alpha = normalized_mgda_alpha(g1, g2, normalize=normalize, l1=l1, l2=l2)
     combined = alpha * g1.to(g2.dtype) + (1.0 - alpha) * g2
     offset = 0
     for p in theta1:

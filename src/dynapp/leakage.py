@@ -79,5 +79,6 @@ def static_leakage(pwtp: nn.Module, clip: torch.Tensor) -> StaticLeakage:
         raise ValueError(f"the clip has {t} frames, not a multiple of the PWTP's {T} frames per segment")
     s = t // T
     x = clip.reshape(n, c, s, T, h, w).transpose(1, 2).reshape(n * s, c, T, h, w)
-    weights = temporal_weights(pwtp.hyperplanes(x))  # (N*S, T, H, W)
+    # the filter PWTP applies: with static="remove" its weights sum to 0, so nothing static leaks
+    weights = temporal_weights(pwtp.hyperplanes(x), static=getattr(pwtp, "static", "keep"))  # (N*S, T, H, W)
     return leakage_from_weights(weights, x)

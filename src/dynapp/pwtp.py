@@ -29,6 +29,15 @@ Choices where the paper is silent (documented and tested):
   The bottleneck width is ``round(beta * rP)``.  The default configuration has 9,686 parameters.
 * Upsampling is bilinear with ``align_corners=False`` (PyTorch's default), written as two
   small matrix products, which equals ``F.interpolate`` and is 3x cheaper to differentiate.
+* Leak-free DA (``static="remove"``, beyond the paper).  DA is a per-pixel linear temporal
+  filter, ``DA = sum_t w_t x_t`` with ``w_t = 1/T - a_t^T G^-1 m`` (G = A^T A regularised,
+  m = mean_t A).  Its weights sum to ``s = 1 - T m^T G^-1 m >= 0``, so a static pixel x_t = xbar
+  reaches DA as ``s xbar``: part of the scene leaks through.  The option subtracts it,
+  ``DA' = DA - s mean_t x = (m^T G^-1 m) sum_t x - m^T y``, whose weights
+  ``w'_t = -(a_t - m)^T G^-1 m`` sum to zero; equivalently DA' is the DA of the temporally
+  centred clip ``x - mean_t x``.  For D = 1, ``m^T G^-1 m = m^2 / (a.a + eps)``.  ENoPR is a
+  property of the projection (Eq. 7) and is unchanged.  Cost: nothing more than sum_t x, which
+  DA already needs (one more D x D solve for D > 1).
 * The normal equations are regularised: for D = 1, ``y = a.x / (a.a + eps)``; for D > 1 the
   D x D system ``(A^T A + (ridge * tr(A^T A) / D + eps) I) y = A^T x`` is solved by an
   unrolled Cholesky factorisation.  Zero or equal columns therefore give finite outputs and
@@ -38,7 +47,6 @@ Choices where the paper is silent (documented and tested):
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import torch
@@ -63,6 +71,9 @@ __all__ = [
 # for D > 1, one relative to tr(A^T A) / D (equal columns stay finite).  A few ulps each, so a
 # well-conditioned projection is exact to working precision.
 _REGULARISERS = {torch.float32: (1e-6, 1e-6), torch.float64: (1e-12, 1e-12)}
+
+# What PWTP does with the static part of DA: "keep" (the paper, Eq. 6) or "remove" (leak-free DA).
+STATIC_OPTIONS = ("keep", "remove")
 
 
 class PWTPOutput(NamedTuple):
@@ -262,7 +273,7 @@ class _RankOneDA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, eps: float):
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, eps: float, remove: bool = False):
         # x: (N, C, T, H, W), a: (N, T, H, W)
         N, C, T, H, W = x.shape
         B = _contract(x, a.unsqueeze(2)).squeeze(2)  # (N, C, H, W) = a.x
@@ -275,20 +286,25 @@ class _RankOneDA(torch.autograd.Function):
         m = asum.div_(T).unsqueeze(1)  # (N, 1, H, W)
         y = B.mul_(inv_den)  # (N, C, H, W), B is not needed any more
         static = m * y
-        da = x.sum(2).div_(T).sub_(static)
+        if remove:  # leak-free: da = f S - m y with f = m^2 / (a.a + eps) (the weights sum to 0)
+            S = x.sum(2)  # (N, C, H, W), kept for the backward
+            da = torch.addcmul(-static, S, m * m * inv_den)
+        else:
+            S = None
+            da = x.sum(2).div_(T).sub_(static)
         yy = _channel_dot(y, y).unsqueeze(1)  # (N, 1, H, W) sum_c y_c^2
         x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()
         explained = (yy * (aa.unsqueeze(1) + 2 * eps)).reshape(N, -1).sum(1)
         res_sq = x_sq.double() - explained.double()
         positive = res_sq > 0
         enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
-        ctx.save_for_backward(x, a, y, inv_den, m, yy, positive)
+        ctx.save_for_backward(x, a, y, inv_den, m, yy, positive, S)
         ctx.eps = eps
         return da, enopr, static
 
     @staticmethod
     def backward(ctx, g_da: torch.Tensor, g_enopr: torch.Tensor, g_static: torch.Tensor):
-        x, a, y, inv_den, m, yy, positive = ctx.saved_tensors
+        x, a, y, inv_den, m, yy, positive, S = ctx.saved_tensors
         eps = ctx.eps
         N, C, T, H, W = x.shape
         # d enopr / d explained = -1/(CHW) where the residual is positive (clamped otherwise).
@@ -299,43 +315,76 @@ class _RankOneDA(torch.autograd.Function):
         # g_B = (m u + 2 g_expl (aa + 2 eps) y) / den
         g_B = torch.addcmul(m * u, 2 * g_expl * (aa + 2 * eps), y).mul_(inv_den)
         # g_aa = -(m yu + g_expl (aa + 3 eps) yy) / den
-        g_aa = torch.addcmul(m * yu, g_expl * (aa + 3 * eps), yy).mul_(inv_den).neg_()
+        g_aa = torch.addcmul(m * yu, g_expl * (aa + 3 * eps), yy)
+        g_m, g_S = yu, g_da / T
+        if S is not None:  # the leak-free term f S, f = m^2 / den: q = sum_c g_da[c] S[c]
+            f = m * m * inv_den
+            q = _channel_dot(g_da, S).unsqueeze(1)  # (N, 1, H, W)
+            g_aa.addcmul_(f, q)  # d(f S)/d aa = -f S / den (the sign and 1/den follow)
+            g_m = torch.addcmul(yu, m * inv_den, q, value=2.0)  # d(f S)/dm = 2 m S / den
+            g_S = g_da * f
+        g_aa.mul_(inv_den).neg_()
         grad_x = grad_a = None
         if ctx.needs_input_grad[1]:
             # grad_a[t] = sum_c g_B[c] x[c, t] + 2 a[t] g_aa + g_m / T       -> (N, T, H, W)
-            grad_a = torch.addcmul(yu / T, a, g_aa, value=2.0)
+            grad_a = torch.addcmul(g_m / T, a, g_aa, value=2.0)
             for c in range(C):
                 grad_a.addcmul_(x[:, c], g_B[:, c : c + 1])
         if ctx.needs_input_grad[0]:
-            # grad_x[c, t] = g_B[c] a[t] + g_da[c] / T - 2 x[c, t] g_expl    -> (N, C, T, H, W)
+            # grad_x[c, t] = g_B[c] a[t] + g_S[c] - 2 x[c, t] g_expl         -> (N, C, T, H, W)
             grad_x = g_B.unsqueeze(2) * a.unsqueeze(1)
-            grad_x.add_((g_da / T).unsqueeze(2)).addcmul_(x, g_expl.view(N, 1, 1, 1, 1), value=-2.0)
-        return grad_x, grad_a, None
+            grad_x.add_(g_S.unsqueeze(2)).addcmul_(x, g_expl.view(N, 1, 1, 1, 1), value=-2.0)
+        return grad_x, grad_a, None, None
+
+
+def check_static(static: str) -> bool:
+    """Validate a ``static`` option ("keep" or "remove"); True for "remove"."""
+    if static not in STATIC_OPTIONS:
+        raise ValueError(f"static must be one of {', '.join(map(repr, STATIC_OPTIONS))}; got {static!r}")
+    return static == "remove"
 
 
 def dynamic_appearance(
-    x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None
+    x: torch.Tensor,
+    A: torch.Tensor,
+    *,
+    eps: float | None = None,
+    ridge: float | None = None,
+    static: str = "keep",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DA (Eq. 6) and per-sample ENoPR (Eq. 7) without building the residual.
 
     x: (N, C, T, H, W), A: (N, T, D, H, W).  Returns ``(da, enopr, static)`` with
     da (N, C, H, W) = mean_t (x - x^), enopr (N,) and static (N, C, H, W) = mean_t x^.
     Computed in float32 (float64 if either input is float64), also under autocast.
+
+    ``static="remove"`` gives the leak-free DA (not in the paper): ``da - s * mean_t x`` with
+    ``s = 1 - T m^T (A^T A)^-1 m`` the sum of the pixel's temporal weights (m = mean_t A), i.e.
+    ``da = (m^T (A^T A)^-1 m) sum_t x - m^T y``: its weights sum to zero, so a static pixel
+    gives 0 for any A.  ENoPR and the returned static appearance are those of the projection
+    and do not depend on the option.
     """
     _check_pair(x, A)
+    remove = check_static(static)
     N, C, T, H, W = x.shape
     dt = _working_dtype(x, A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(x.device.type, enabled=False):
         x, A = x.to(dt), A.to(dt)
         if A.shape[2] == 1:
-            return _RankOneDA.apply(x, A.squeeze(2), eps)
+            return _RankOneDA.apply(x, A.squeeze(2), eps, remove)
         G = _gram(A)  # (N, D, D, H, W)
         B = temporal_contract(x, A)  # (N, C, D, H, W)
         y = _solve_normal(G, B, eps, ridge)  # (N, C, D, H, W)
         a_mean = A.mean(1)  # (N, D, H, W)
         static = (a_mean.unsqueeze(1) * y).sum(2)  # (N, C, H, W)
-        da = x.sum(2) / T - static
+        if remove:
+            # f = m^T G^-1 m = (1 - weight sum) / T, one more D x D solve with a single right side
+            v = _solve_normal(G, a_mean.unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+            f = (a_mean.unsqueeze(1) * v).sum(2)  # (N, 1, H, W)
+            da = x.sum(2) * f - static
+        else:
+            da = x.sum(2) / T - static
         # ||x - A y||^2 summed over t, c, h, w = ||x||^2 - sum(2 y.B - y^T G y); exact for any y.
         x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()  # (N,)
         explained = (y * (2 * B - _apply_gram(G, y))).reshape(N, -1).sum(1)  # (N,)
@@ -344,22 +393,31 @@ def dynamic_appearance(
     return da, enopr, static
 
 
-def temporal_weights(A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None) -> torch.Tensor:
+def temporal_weights(
+    A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None, static: str = "keep"
+) -> torch.Tensor:
     """DA as a per-pixel linear temporal filter: ``DA[c] = sum_t w[t] x[c, t]``.
 
     A (N, T, D, H, W) -> w (N, T, H, W) with ``w_t = 1/T - a_t^T (A^T A)^-1 mean_t(A)`` (for
     D = 1, ``1/T - mean(a) a_t / (a.a)``).  The weights sum to ``1 - T mean(a)^T (A^T A)^-1 mean(a)``
     (>= 0), which is 0 exactly when the constant vector lies in the column space of A: then a
     static pixel contributes nothing to DA.  ``w.sum(1)`` is therefore the per-pixel static leakage.
+
+    ``static="remove"`` gives the weights of the leak-free DA, ``w_t - (sum_s w_s) / T =
+    -(a_t - mean_t A)^T (A^T A)^-1 mean_t(A)``, which sum to zero at every pixel.
     """
     if A.dim() != 5:
         raise ValueError(f"expected A of shape (N, T, D, H, W); got {tuple(A.shape)}")
+    remove = check_static(static)
     T = A.shape[1]
     dt = _working_dtype(A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(A.device.type, enabled=False):
         A = A.to(dt)
-        v = _solve_normal(_gram(A), A.mean(1).unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+        m = A.mean(1)  # (N, D, H, W)
+        v = _solve_normal(_gram(A), m.unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+        if remove:
+            return -((A - m.unsqueeze(1)) * v).sum(2)  # (N, T, H, W)
         return 1.0 / T - (A * v).sum(2)  # (N, T, H, W)
 
 
@@ -461,6 +519,11 @@ class PWTP(nn.Module):
         kernel_size, stride, channels: k, s and C' of the spatial convolution F (Eq. 2).
         expansion: r, the MLP's first expansion ratio.  bottleneck: beta.  blocks: B.
         in_channels: C of the clip.
+        static: "keep" (the paper's DA, Eq. 6) or "remove" (leak-free DA, not in the paper):
+            subtract (sum of the pixel's temporal weights) x (temporal mean of the clip), so that
+            every pixel's weights sum to zero and a static pixel gives DA = 0 for any A.  ENoPR
+            (Eq. 7-8), ``.static`` and ``.residual`` are properties of the projection and do not
+            change.
 
     ``forward(x)`` returns a :class:`PWTPOutput` with ``.dynamic`` and ``.enopr``; pass
     ``return_static=True`` / ``return_residual=True`` for the static appearance and the full
@@ -478,8 +541,11 @@ class PWTP(nn.Module):
         bottleneck: float = 0.25,
         blocks: int = 1,
         in_channels: int = 3,
+        static: str = "keep",
     ):
         super().__init__()
+        check_static(static)
+        self.static = static
         if frames < 2:
             raise ValueError(f"PWTP needs at least 2 frames per segment, got frames={frames}")
         if not 1 <= rank < frames:
@@ -553,13 +619,23 @@ class PWTP(nn.Module):
                 clip = x.to(dt)
                 if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
                     clip = clip.unflatten(2, (segments, self.frames)).transpose(1, 2)
-                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(clip, zc, eps, return_static)
+                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(
+                    clip, zc, eps, return_static, remove=self.static == "remove"
+                )
             return PWTPOutput(da, enopr, static)
         A = self.hyperplanes(x, segments)
         x = self._fold(x, segments)
-        da, enopr, static = dynamic_appearance(x, A)
+        da, enopr, static = dynamic_appearance(x, A, static=self.static)
         residual = x.to(A.dtype) - project(x, A) if return_residual else None
         return PWTPOutput(da, enopr, static if return_static else None, residual)
 
+    def temporal_weights(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """DA as a per-pixel temporal filter of ``x`` (:func:`temporal_weights`), honouring ``static``.
+
+        (N, C, S*T, H, W) -> (N*S, T, H, W): ``DA[c] = sum_t w[t] x[c, t]`` per segment.
+        """
+        return temporal_weights(self.hyperplanes(x, segments), static=self.static)
+
     def extra_repr(self) -> str:
-        return f"frames={self.frames}, rank={self.rank}"
+        extra = "" if self.static == "keep" else f", static={self.static!r}"
+        return f"frames={self.frames}, rank={self.rank}{extra}"

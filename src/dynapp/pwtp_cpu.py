@@ -121,10 +121,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"dynapp_da1_forward_{suffix}")
-        fwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
+        fwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, i32, p, p, p, p, i32]
         fwd.restype = None
         bwd = getattr(lib, f"dynapp_da1_backward_{suffix}")
-        bwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, p, p, p, p, i32]
+        bwd.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i64, real, i32, p, p, p, p, i32]
         bwd.restype = None
         gram_f = getattr(lib, f"dynapp_gram_forward_{suffix}")
         gram_f.argtypes = [p, i64, i64, i64, i64, p, i32]
@@ -133,7 +133,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram_b.argtypes = [p, p, i64, i64, i64, i64, p, i32]
         gram_b.restype = None
     lib.dynapp_pwtp_abi_version.restype = ctypes.c_int
-    if lib.dynapp_pwtp_abi_version() != 7:
+    if lib.dynapp_pwtp_abi_version() != 8:
         raise RuntimeError("stale kernel library")
     return lib
 
@@ -227,7 +227,7 @@ class _FusedRankOneDA(torch.autograd.Function):
     """(x, zc) -> (da, enopr[, static]) with the fused kernel; zc = z U_w^T is A upsampled along W only."""
 
     @staticmethod
-    def forward(ctx, x, zc, eps, need_static):
+    def forward(ctx, x, zc, eps, need_static, remove):
         # x: see _clip_layout; zc: (samples, T, h, W) contiguous, same dtype.
         lib = _library()
         (N, C, T, H, W), strides = _clip_layout(x)
@@ -239,9 +239,9 @@ class _FusedRankOneDA(torch.autograd.Function):
         enopr = x.new_empty(N)
         fn = lib.dynapp_da1_forward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_forward_f64
         fn(x.data_ptr(), *strides, zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h, eps,
-           da.data_ptr(), _ptr(static), res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
+           int(remove), da.data_ptr(), _ptr(static), res_sq.data_ptr(), enopr.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, zc, res_sq)  # the backward recomputes y = a.x / (a.a + eps)
-        ctx.eps = eps
+        ctx.eps, ctx.remove = eps, remove
         ctx.set_materialize_grads(False)
         return (da, enopr, static) if need_static else (da, enopr)
 
@@ -261,15 +261,15 @@ class _FusedRankOneDA(torch.autograd.Function):
         lib = _library()
         fn = lib.dynapp_da1_backward_f32 if x.dtype == torch.float32 else lib.dynapp_da1_backward_f64
         fn(x.data_ptr(), *strides, zc.data_ptr(), i0.data_ptr(), i1.data_ptr(), lam.data_ptr(), N, C, T, H, W, h,
-           ctx.eps, g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
-        return None, g_zc, None, None
+           ctx.eps, int(ctx.remove), g_da.data_ptr(), _ptr(g_static), g_expl.data_ptr(), g_zc.data_ptr(), torch.get_num_threads())
+        return None, g_zc, None, None, None
 
 
 # torch.compile must not trace into the ctypes calls (it would hand fake tensors' pointers to the
 # kernel): the fused functions are graph breaks, run eagerly.
 @torch.compiler.disable
 def rank_one_dynamic_appearance(
-    x: torch.Tensor, zc: torch.Tensor, eps: float, need_static: bool = False
+    x: torch.Tensor, zc: torch.Tensor, eps: float, need_static: bool = False, remove: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
 
@@ -278,7 +278,8 @@ def rank_one_dynamic_appearance(
     zc: (samples, T, h, W) the hyperplanes upsampled along W only (``z @ U_w^T``), samples in
     (n, s) order.  A is ``zc`` interpolated linearly along h to H (align_corners=False).
     Returns ``(da, enopr, static or None)`` per sample, equal to
-    :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.
+    :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.  ``remove=True`` gives the
+    leak-free DA (``static="remove"`` there); ENoPR and static do not depend on it.
     """
     if x.requires_grad:
         raise ValueError("the fused kernel gives no gradient for the clip; use dynapp.pwtp.dynamic_appearance")
@@ -290,7 +291,7 @@ def rank_one_dynamic_appearance(
         raise ValueError(f"zc must have shape ({N}, {T}, h, {W}) for x {tuple(x.shape)}; got {tuple(zc.shape)}")
     if (W > 1 and x.stride(-1) != 1) or (H > 1 and x.stride(-2) != W):  # other strides are free
         x = x.contiguous()
-    out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static)
+    out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static, bool(remove))
     return (out[0], out[1], out[2] if need_static else None)
 
 

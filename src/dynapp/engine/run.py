@@ -24,7 +24,7 @@ from dynapp.engine.preempt import Preempted
 from dynapp.engine.train import train
 from dynapp.model import build_model
 
-__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from"]
+__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
 
 
 def _num_classes(dataset: Any, configured: int) -> int:
@@ -36,6 +36,14 @@ def _num_classes(dataset: Any, configured: int) -> int:
     if hasattr(dataset, "classes"):
         return len(dataset.classes)
     raise ValueError("data.num_classes is 0 and the dataset does not say how many classes it has: set data.num_classes")
+
+
+def class_names(dataset: Any) -> list[str] | None:
+    """The class names of a dataset (``dataset.classes``, a list of strings), or None if it has none."""
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    return None
 
 
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
@@ -114,12 +122,12 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             classifier_wd_mult=o.classifier_wd_mult, representation_lr_mult=o.representation_lr_mult,
             representation_wd_mult=o.representation_wd_mult, freeze_bn=o.freeze_bn, amp=o.amp,
             accumulation_steps=o.accumulation_steps, strategy=j.strategy, alpha=j.alpha, gamma=j.gamma, lam=j.lam,
-            separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
+            separate_epochs=j.separate_epochs, normalize=j.normalize, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
             eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
             keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
             progress=cfg.log.progress, log_every_steps=cfg.log.every_steps, seed=cfg.seed, device=info.device,
-            max_steps=cfg.max_steps, resume=resume,
-            config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
+            max_steps=cfg.max_steps, resume=resume, config=config_to_dict(cfg), classes=class_names(train_set),
+            nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
         finished = True
         return result
     except Preempted:

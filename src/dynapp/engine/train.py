@@ -178,6 +178,7 @@ def train_one_epoch(
     alpha: float,
     gamma: float,
     lam: float,
+    normalize: str,
     phase: str,
     accumulation_steps: int,
     label_smoothing: float,
@@ -257,7 +258,8 @@ def train_one_epoch(
 
         # ---- optimiser step (Algorithm 1 for mgda) ----
         if phase == "joint" and strategy == "mgda" and theta1 and mgda_state.g1 is not None:
-            alpha = combine_theta1_grads(theta1, mgda_state, all_reduce_mean=all_reduce_mean if is_distributed() else None)
+            alpha = combine_theta1_grads(theta1, mgda_state, all_reduce_mean=all_reduce_mean if is_distributed() else None,
+                                         normalize=normalize)
         elif phase == "pwtp":
             alpha = 1.0
             for p in theta1:  # the representation ran outside DDP: average its gradient here
@@ -338,6 +340,7 @@ def train(
     gamma: float = 0.2,
     lam: float = 0.1,
     separate_epochs: int = 1,
+    normalize: str = "none",
     num_workers: int = 0,
     eval_every_epochs: int = 1,
     eval_batch_size: int = 8,
@@ -353,6 +356,7 @@ def train(
     max_steps: int = 0,
     resume: bool = False,
     config: dict | None = None,
+    classes: list[str] | None = None,
     nan_at_step: int = 0,
     sleep_per_step: float = 0.0,
 ) -> dict:
@@ -362,6 +366,8 @@ def train(
     Files in ``out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``train_log.csv``,
     ``tensorboard/``, ``eval.json`` (``save_checkpoints=False``: no checkpoint).  ``resume=True`` continues from ``checkpoints/last.pt``
     exactly (schedule, step counter, sampler epoch and position, RNG states).
+    ``classes``: the class names of the training set (``classes[label]``), stored in every
+    checkpoint (key ``"classes"``, absent when None) so that a loaded model can name its predictions.
     """
     rank, world = get_rank(), get_world_size()
     device = device or torch.device("cpu")
@@ -436,6 +442,8 @@ def train(
             ck_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                         "total_steps": total_steps, "world_size": world, "config": config or {}, "rng": rngs}
+            if classes is not None:
+                ck_state["classes"] = list(classes)
             save_checkpoint(ck_state, last_path)
             if epoch_file:
                 save_checkpoint(ck_state, ckpt_dir / f"epoch_{state.epoch:03d}.pt")
@@ -466,7 +474,7 @@ def train(
             finished = train_one_epoch(
                 model=model, ddp_model=ddp_model, loader=loader, optimizer=optimizer, scaler=scaler, state=state,
                 steps_this_epoch=steps_per_epoch, total_steps=total_steps, lr_of_step=lr_of_step, strategy=strategy,
-                alpha=alpha, gamma=gamma, lam=lam, phase=phase, accumulation_steps=accumulation_steps,
+                alpha=alpha, gamma=gamma, lam=lam, normalize=normalize, phase=phase, accumulation_steps=accumulation_steps,
                 label_smoothing=label_smoothing, clip_grad_norm=clip_grad_norm, device=device, amp=amp, logger=logger,
                 save=save, checkpoint_every=checkpoint_every_steps, max_steps=max_steps,
                 nan_at_step=nan_at_step, sleep_per_step=sleep_per_step, stop=stop)
