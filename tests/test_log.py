@@ -88,3 +88,15 @@ def test_an_rgb_run_logs_empty_alpha_and_enopr_and_says_where_its_files_are(tmp_
     with open(out / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(r["alpha"] == "" and r["enopr"] == "" and float(r["loss"]) > 0 for r in rows)
+
+
+def test_no_progress_prints_nothing_but_still_logs(tmp_path):
+    stream = io.StringIO()
+    logger = TrainLogger(tmp_path, rank=0, csv_log=True, tensorboard=False, progress=False, total_steps=8,
+                         steps_per_epoch=4, checkpoint_dir=tmp_path, stream=stream)
+    for row in _rows(8, aux=True):
+        logger.log(row)
+    logger.print("preempted (SIGTERM): ...")  # explicit messages still go out
+    logger.close()
+    assert stream.getvalue() == "preempted (SIGTERM): ...\n"
+    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 9

@@ -48,9 +48,9 @@ class TrainLogger:
         """``start_step``: the step a run resumes from; rows logged after it by the interrupted
         run are dropped (CSV rewritten, TensorBoard events purged), so no step appears twice.
 
-        ``progress``: console progress on rank 0 (a bar on a terminal, else a line every
-        ``every_steps`` steps); epoch lines are printed either way.  ``stream``: where the
-        console output goes (default ``sys.stdout``).  Rank 0 prints where the files are.
+        ``progress``: console output on rank 0: where the files are, then a bar on a terminal
+        or else a line every ``every_steps`` steps, and a line per epoch (False: none of it;
+        :meth:`print` still prints).  ``stream``: where it goes (default ``sys.stdout``).
         """
         self.rank = rank
         self.out_dir = Path(out_dir)
@@ -88,7 +88,7 @@ class TrainLogger:
             tb_dir = self.out_dir / "tensorboard"
             self._tb = SummaryWriter(str(tb_dir), purge_step=start_step + 1 if start_step else None)
             files.append(f"tensorboard {tb_dir.resolve()} (tensorboard --logdir {tb_dir.resolve()})")
-        if files:
+        if files and self.progress:
             self.print("run files: " + "; ".join(files))
 
     # ------------------------------------------------------------------------------------------
@@ -129,14 +129,14 @@ class TrainLogger:
             for k, v in row.items():
                 if k not in ("step", "epoch") and _applies(v):
                     self._tb.add_scalar(f"train/{k}", v, row["step"])
-        if self.rank != 0:
+        if not self.progress:  # rank 0 only
             return
         step, spe = row["step"], self.steps_per_epoch
         self._epoch_rows.append(row)
         eta = self._eta(step, now)
-        if self.progress and self.interactive:
+        if self.interactive:
             self._update_bar(row, eta)
-        elif self.progress and (step % self.every_steps == 0 or step == 1):
+        elif step % self.every_steps == 0 or step == 1:
             self.print(f"epoch {row['epoch'] + 1} step {step}/{self.total_steps} " + self._line(row, eta))
         if spe and step % spe == 0:
             self._end_epoch(row, now, eta)
