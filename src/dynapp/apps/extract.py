@@ -23,6 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dynapp.data.decode import open_video
+from dynapp.data.sampling import tsn_indices
+from dynapp.data.transforms import normalize
+from dynapp.pwtp import PWTP
 
 from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, model_state_dict
 
@@ -65,7 +72,6 @@ def _pwtp_kwargs(state: dict[str, torch.Tensor]) -> dict:
 
 def load_pwtp(path: str | os.PathLike):
     """A PWTP with the weights of a checkpoint file (see the module docstring), in eval mode."""
-    from dynapp import PWTP
 
     try:
         ckpt = load_checkpoint(path)
@@ -82,9 +88,7 @@ def load_pwtp(path: str | os.PathLike):
 
 def fit_pwtp(x: torch.Tensor, *, steps: int = 200, lr: float = 3e-3, seed: int = 0, progress: bool = True, **pwtp_kwargs):
     """Fit a fresh PWTP to segments ``x`` (S, C, T, H, W) by minimising ENoPR (Eq. 8) with Adam."""
-    from tqdm.auto import tqdm
 
-    from dynapp import PWTP
 
     torch.manual_seed(seed)
     pwtp = PWTP(frames=x.shape[2], in_channels=x.shape[1], **pwtp_kwargs)
@@ -127,12 +131,7 @@ def extract(
     Raises :class:`dynapp.data.VideoDecodeError` for an unreadable video and ``ValueError``
     for a bad checkpoint or arguments.  Returns the written paths.
     """
-    from PIL import Image
-    from tqdm.auto import tqdm
 
-    from dynapp.data.decode import open_video
-    from dynapp.data.sampling import tsn_indices
-    from dynapp.data.transforms import normalize
 
     if segments < 1 or frames < 2 or steps < 0 or short_side < 8:
         raise ValueError("need segments >= 1, frames >= 2, steps >= 0 and short_side >= 8")
