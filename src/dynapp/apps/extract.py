@@ -33,6 +33,8 @@ from dynapp.data.sampling import tsn_indices
 from dynapp.data.transforms import normalize
 from dynapp.pwtp import PWTP
 
+from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, model_state_dict
+
 __all__ = ["extract", "fit_pwtp", "load_pwtp", "pwtp_state_dict", "da_panel"]
 
 _PREFIX = "representation.pwtp."
@@ -40,10 +42,7 @@ _PREFIX = "representation.pwtp."
 
 def pwtp_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The PWTP weights of a checkpoint: a bare state dict or ``{"model": {...representation.pwtp.*}}``."""
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError("the checkpoint is neither a PWTP state dict nor a dict with a 'model' entry")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = model_state_dict(checkpoint)
     if any(k.startswith(_PREFIX) for k in state):
         state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
     if not any(k.startswith("conv.") for k in state):
@@ -85,9 +84,9 @@ def _config_kwargs(checkpoint) -> dict:
 def load_pwtp(path: str | os.PathLike):
     """A PWTP with the weights of a checkpoint file (see the module docstring), in eval mode."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
     state = pwtp_state_dict(ckpt)
     try:
         pwtp = PWTP(**(_pwtp_kwargs(state) | _config_kwargs(ckpt)))
