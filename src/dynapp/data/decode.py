@@ -14,7 +14,8 @@ Whatever the codec, pixel format, alpha channel or grayscale, the output is RGB:
 
 Seeking: PyAV jumps to the keyframe before the first wanted frame (and again before any wanted
 frame far ahead of the current position) and decodes forward, identifying frames by their
-timestamps.  If the timestamps are missing or inconsistent (a seek lands after the target, a
+timestamps; frames that are neither wanted nor referenced by other frames are skipped
+(``skip_frame="NONREF"``), and decoding stops at the last wanted frame.  If the timestamps are missing or inconsistent (a seek lands after the target, a
 timestamp goes backwards), it falls back to decoding from the start and counting frames, which is
 always exact.  The frame count comes from the container header; when the header has none (MKV,
 WebM) the packets are counted; when decoding stops before the announced count, up to
@@ -183,7 +184,7 @@ class _PyAVVideo(Video):
     #: Seek again when the next wanted frame is this many frames ahead of the decoder.
     SEEK_GAP = 48
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 1, num_frames: int | None = None):
         import av
 
         self.path = str(path)
@@ -195,12 +196,17 @@ class _PyAVVideo(Video):
             if not self.container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
             self.stream = self.container.streams.video[0]
-            self.stream.thread_type = "AUTO"  # frame + slice threads: 2-3x faster on long GOPs
+            # One thread per video unless asked: with a DataLoader worker per core, FFmpeg's
+            # frame/slice threads only add hand-over latency (benchmarks/bench_data.py, "threads").
+            self.stream.thread_type = "NONE" if threads == 1 else "AUTO"
+            self.stream.thread_count = max(threads, 0)
             rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
             self.fps = Fraction(rate) if rate else None
             self.time_base = Fraction(self.stream.time_base) if self.stream.time_base else None
-            self.start = self.stream.start_time or 0
+            self.start = self._first_pts()
             self.num_frames = int(self.stream.frames or 0)
+            if self.num_frames <= 0 and num_frames:
+                self.num_frames = int(num_frames)  # counted before (VideoDataset remembers it)
             if self.num_frames <= 0:
                 self.num_frames = self._count_packets()
             if self.num_frames <= 0:
@@ -225,6 +231,20 @@ class _PyAVVideo(Video):
         ctx = self.stream.codec_context
         return (ctx.height, ctx.width) if ctx.height and ctx.width else None
 
+    def _first_pts(self) -> int:
+        """The timestamp of frame 0: the first packet's (the keyframe shown first).
+
+        Not always the stream's start time: AVI gives MPEG-4 B-frame streams a start time of 0
+        and timestamps from 1 (one frame of reordering delay).
+        """
+        start = self.stream.start_time or 0
+        for packet in self.container.demux(self.stream):
+            if packet.size > 0:
+                start = packet.pts if packet.pts is not None else start
+                break
+        self.container.seek(0)
+        return start
+
     def _count_packets(self) -> int:
         self.container.seek(0)
         n = sum(1 for p in self.container.demux(self.stream) if p.size > 0)
@@ -232,23 +252,59 @@ class _PyAVVideo(Video):
         return n
 
     def _count_decoded(self) -> int:
+        """Frames that decode from the start up to the first undecodable packet."""
         self.container.seek(0)
-        n = sum(1 for _ in self.container.decode(self.stream))
+        n = 0
+        try:
+            for _ in self._frames_from_here(None):
+                n += 1
+        except _av_error_types():
+            if n == 0:
+                raise
         self.container.seek(0)
         return n
 
-    def _index_of(self, frame) -> int | None:
-        if frame.pts is None or not self.fps or not self.time_base:
+    def _index_of(self, pts: int | None) -> int | None:
+        """The display index of a frame or packet timestamp (None: no usable timestamp)."""
+        if pts is None or not self.fps or not self.time_base:
             return None
-        return int(round(float((frame.pts - self.start) * self.time_base * self.fps)))
+        return int(round(float((pts - self.start) * self.time_base * self.fps)))
 
     def _pts_of(self, index: int) -> int:
         return int(math.floor(index / self.fps / self.time_base)) + self.start
 
+    def _frames_from_here(self, wanted: set[int] | None):
+        """Decoded frames from the demuxer's position on, in display order.
+
+        With ``wanted`` (display indices) a packet whose timestamp is not wanted is decoded with
+        ``skip_frame="NONREF"``: FFmpeg drops it if no other frame refers to it (B-frames,
+        most of MPEG-4's), a third to a half of the frames between TSN windows.  Reference
+        frames are always decoded, so the wanted frames come out bit-exact.
+        """
+        ctx = self.stream.codec_context
+        skipping = False
+        try:
+            for packet in self.container.demux(self.stream):
+                if wanted is not None:
+                    i = self._index_of(packet.pts)
+                    skip = i is not None and i not in wanted
+                    if skip != skipping:
+                        ctx.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+                yield from ctx.decode(packet)  # an empty packet at the end flushes the decoder
+        finally:
+            if skipping:
+                ctx.skip_frame = "DEFAULT"
+
     def _decode_seeking(self, wanted: np.ndarray, convert) -> dict[int, np.ndarray] | None:
-        """Frames by timestamp with keyframe seeks; None when the timestamps cannot be trusted."""
+        """Frames by timestamp with keyframe seeks; None when the timestamps cannot be trusted.
+
+        Seeks to the keyframe before the first wanted frame (and again before a wanted frame
+        more than ``SEEK_GAP`` frames ahead), skips unreferenced frames that are not wanted and
+        stops at the last wanted frame.
+        """
         if not self.fps or not self.time_base:
             return None
+        wanted_set = set(int(i) for i in wanted)
         out: dict[int, np.ndarray] = {}
         pos = -1  # index of the last decoded frame
         k = 0
@@ -259,8 +315,8 @@ class _PyAVVideo(Video):
                 pos, first = -1, True
             else:
                 first = False
-            for frame in self.container.decode(self.stream):
-                i = self._index_of(frame)
+            for frame in self._frames_from_here(wanted_set):
+                i = self._index_of(frame.pts)
                 if i is None or i <= pos or (first and i > target):
                     return None  # no timestamps, not increasing, or the seek overshot
                 first, pos = False, i
@@ -270,7 +326,7 @@ class _PyAVVideo(Video):
                     out[i] = convert(frame)
                     k += 1
                     if k == len(wanted):
-                        return out
+                        return out  # the last wanted frame: stop decoding here
                     if wanted[k] - pos > self.SEEK_GAP:
                         break
             else:
@@ -278,16 +334,29 @@ class _PyAVVideo(Video):
         return out
 
     def _decode_counting(self, wanted: np.ndarray, convert) -> dict[int, np.ndarray]:
-        """Exact fallback: decode from the first frame and count."""
+        """Exact fallback: decode every frame from the first one and count.
+
+        Stops at the first undecodable packet (a truncated file): the frames before it are
+        returned and the caller reports the missing ones.
+        """
         self.container.seek(0)
         out: dict[int, np.ndarray] = {}
         last = int(wanted[-1])
         wanted_set = set(int(i) for i in wanted)
-        for i, frame in enumerate(self.container.decode(self.stream)):
+        frames = self._frames_from_here(None)
+        i = -1
+        while i < last:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except _av_error_types():
+                if not out and i < 0:
+                    raise
+                break
+            i += 1
             if i in wanted_set:
                 out[i] = convert(frame)
-            if i >= last:
-                break
         return out
 
     def read(self, indices, short_side=None):
@@ -376,8 +445,14 @@ def _reason(err: BaseException) -> str:
     return text[:200]
 
 
-def open_video(source: str | os.PathLike, backend: str = "pyav") -> Video:
+def open_video(
+    source: str | os.PathLike, backend: str = "pyav", *, threads: int = 1, num_frames: int | None = None
+) -> Video:
     """Open a video file or a frame folder; use as ``with open_video(p) as v: v.read(idx)``.
+
+    ``threads``: FFmpeg decoding threads (1: none, the fastest with a DataLoader worker per
+    core; 0: FFmpeg's choice).  ``num_frames``: the frame count when it is already known, used
+    only when the container header has none (MKV, WebM), to skip counting the packets again.
 
     Raises :class:`VideoDecodeError` (naming the path) for a missing path, an empty file, a
     file that is not a video, or a folder without frame images.
@@ -396,7 +471,7 @@ def open_video(source: str | os.PathLike, backend: str = "pyav") -> Video:
         raise VideoDecodeError(path, f"cannot stat ({err.strerror or err})") from None
     if backend == "torchcodec":
         return _TorchCodecVideo(path)
-    return _PyAVVideo(path)
+    return _PyAVVideo(path, threads=threads, num_frames=num_frames)
 
 
 def read_frames(
@@ -405,6 +480,7 @@ def read_frames(
     *,
     short_side: int | None = None,
     backend: str = "pyav",
+    threads: int = 1,
 ) -> torch.Tensor:
     """The frames ``indices`` (0-based, any order, repeats allowed) of a video or frame folder.
 
@@ -413,7 +489,7 @@ def read_frames(
     Indices past the end read the last frame for frame folders; for video files see the module
     docstring (a few frames of header slack, otherwise a "truncated" error).
     """
-    with open_video(source, backend) as video:
+    with open_video(source, backend, threads=threads) as video:
         return video.read(indices, short_side=short_side).contiguous()
 
 
