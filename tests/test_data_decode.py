@@ -203,3 +203,17 @@ def test_jpeg_frame_folder_downscaled_while_decoding(tmp_path):
     clip = read_frames(tmp_path, [5, 0, 3], short_side=12)  # JPEG draft mode, then an exact resize
     assert clip.shape == (3, 3, 12, 16)
     assert _decoded_index(clip).tolist() == [5, 0, 3]
+
+
+def test_jpeg_folders_decode_with_libjpeg_turbo_like_pil_and_name_a_broken_frame(tmp_path):
+    frames = _panning(6)
+    for t, img in enumerate(frames):
+        Image.fromarray(img).save(tmp_path / f"{t + 1:05d}.jpg", quality=90)
+    Image.fromarray(frames[0][..., 0]).save(tmp_path / "00007.jpg")  # a grey JPEG comes out RGB
+    clip = read_frames(tmp_path, [6, 0, 3, 3])
+    with_pil = torch.from_numpy(np.stack([np.asarray(Image.open(tmp_path / f"{i + 1:05d}.jpg").convert("RGB"))
+                                          for i in (6, 0, 3, 3)])).permute(3, 0, 1, 2)
+    assert clip.shape == (3, 4, 32, 32) and torch.equal(clip, with_pil)
+    (tmp_path / "00004.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(VideoDecodeError, match="00004.jpg"):
+        read_frames(tmp_path, [0, 3])

@@ -7,7 +7,9 @@ count and read with the same open handle):
   part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec when it is installed and
   asked for (``backend="torchcodec"``);
 * a folder of JPEG/PNG frames (Something-Something V1 ships ``00001.jpg``, other tools write
-  ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).
+  ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).  JPEGs decode with
+  libjpeg-turbo through ``torchvision.io.decode_jpeg`` (PIL when they are shrunk while
+  decoding, PIL's DCT-domain draft mode, or for PNG).
 
 Whatever the codec, pixel format, alpha channel or grayscale, the output is RGB:
 ``(C=3, T, H, W)`` uint8, frames in the order of the requested indices (repeats allowed).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -149,13 +152,40 @@ class _FrameFolder(Video):
             return None
 
     def read(self, indices, short_side=None):
-        from PIL import Image
-
         idx = _as_indices(indices, self.num_frames, self.path)
         idx = np.minimum(idx, self.num_frames - 1)  # past the end: the last frame
+        unique = [int(i) for i in np.unique(idx)]
+        cache = None
+        if short_side is None and all(self.files[i].suffix.lower() in (".jpg", ".jpeg") for i in unique):
+            cache = self._read_jpegs(unique)
+        if cache is None:
+            cache = self._read_pil(unique, short_side)
+        try:
+            return _to_clip([cache[int(i)] for i in idx])
+        except ValueError:
+            raise VideoDecodeError(self.path, "frame images differ in size") from None
+
+    def _read_jpegs(self, unique: list[int]) -> dict[int, np.ndarray] | None:
+        """libjpeg-turbo through torchvision, all frames in one call: 1.5-2x faster than PIL
+        (same pixels).  None when a file fails, or when torchvision no longer has image
+        decoding (deprecated in 0.29 for torchcodec): PIL then reads them and names a bad file."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+                data = [torch.from_numpy(np.fromfile(self.files[i], dtype=np.uint8)) for i in unique]
+                images = decode_jpeg(data, mode=ImageReadMode.RGB)  # [(3, H, W)]
+        except (ImportError, OSError, RuntimeError, ValueError):
+            return None
+        return {i: img.permute(1, 2, 0).numpy() for i, img in zip(unique, images)}
+
+    def _read_pil(self, unique: list[int], short_side: int | None) -> dict[int, np.ndarray]:
+        from PIL import Image
+
         cache: dict[int, np.ndarray] = {}
         size = None
-        for i in np.unique(idx):
+        for i in unique:
             try:
                 with Image.open(self.files[i]) as img:
                     if size is None:
@@ -165,13 +195,10 @@ class _FrameFolder(Video):
                     img = img.convert("RGB")
                     if (img.height, img.width) != size:
                         img = img.resize((size[1], size[0]), Image.BILINEAR)
-                    cache[int(i)] = np.asarray(img)
+                    cache[i] = np.asarray(img)
             except (OSError, ValueError, SyntaxError) as err:
                 raise VideoDecodeError(self.files[i], f"unreadable frame image ({err})") from None
-        try:
-            return _to_clip([cache[int(i)] for i in idx])
-        except ValueError:
-            raise VideoDecodeError(self.path, "frame images differ in size") from None
+        return cache
 
 
 def _av_error_types():
