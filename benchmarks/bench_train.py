@@ -13,8 +13,8 @@ training is input-bound.
   step on a batch already in memory: samples/s of both and their ratio; input-bound when the fed
   step is more than 5% slower.
 
-Each step is the one of ``dynapp.engine.train.train_one_epoch`` (``dynapp.joint.backward_joint``,
-gradient clipping, SGD); the clips are uint8 ``(N, 3, S*T, H, W)`` as the Dataset makes them, so
+Each step is the one of ``dynapp.engine.train`` (the ``dynapp.joint`` strategy's ``backward`` and
+``after_backward``, gradient clipping, SGD); the clips are uint8 ``(N, 3, S*T, H, W)`` as the Dataset makes them, so
 normalisation on the device is included.  The compared steps run in alternating rounds after
 warm-up steps (machine load hits them alike); medians are reported.  ``--device cuda``,
 ``--compile`` (``torch.compile`` of the backbone), ``--amp bf16|fp16`` (autocast; fp16 with a
@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from bench_data import make_videos  # benchmarks/bench_data.py: the same generated videos
 from dynapp.data import build_dataset
 from dynapp.engine.train import build_param_groups
-from dynapp.joint import MGDAState, backward_joint, combine_theta1_grads, theta1_parameters
+from dynapp.joint import build_strategy, theta1_parameters
 from dynapp.model import build_model
 
 # backbone -> (RGB segments, DA segments, DA frames per segment): the same frames into the backbone
@@ -74,12 +74,11 @@ def build(representation: str, backbone: str, segments: int, frames: int, args, 
 
 
 def make_step(model: nn.Module, strategy: str, device: torch.device, amp: str, alpha: float = 0.5):
-    """One training step on a given batch; returns a function ``step(clip, label)``."""
+    """One training step on a given batch, as the loop does it; returns ``step(clip, label)``."""
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     optimizer = torch.optim.SGD(build_param_groups(model, weight_decay=1e-4, classifier_lr_mult=5, classifier_wd_mult=5),
                                 lr=1e-3, momentum=0.9)
-    theta1 = theta1_parameters(model)
-    state = MGDAState(theta1)
+    joint = build_strategy(strategy, theta1_parameters(model), total_steps=1, alpha=alpha)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     dtype = AMP[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -88,10 +87,8 @@ def make_step(model: nn.Module, strategy: str, device: torch.device, amp: str, a
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(clip)
             rec = criterion(out.logits.float(), label)
-        backward_joint(strategy, rec_loss=rec, aux_loss=out.aux_loss, theta1=theta1, alpha=alpha,
-                       scale=scaler.scale, mgda_state=state)
-        if strategy == "mgda" and theta1:
-            combine_theta1_grads(theta1, state)  # g1 and g2 carry the same loss scale: alpha is unchanged
+        joint.backward(rec, out.aux_loss, step=0, scale=scaler.scale)
+        joint.after_backward()  # MGDA: Theta1's gradient by Eq. 12, on the scaled gradients
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 20.0)
         scaler.step(optimizer)
