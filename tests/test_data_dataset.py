@@ -198,3 +198,22 @@ def test_the_model_scores_uint8_items_as_it_scores_float_items(folder_dataset, t
         # separate PWTP training calls the representation alone: it is normalised there too
         da_u8, da_f32 = model.representation(u8).frames, model.representation(f32).frames
         assert (da_u8 - da_f32).abs().max() <= 1e-6
+
+
+def test_frame_counts_of_headerless_containers_are_counted_once_and_options_are_checked(tmp_path, monkeypatch):
+    from dynapp.data.decode import _PyAVVideo
+
+    (tmp_path / "a").mkdir()
+    write_video(tmp_path / "a/v.mkv", ramp_frames(20, 24, 32), codec="libx265")  # MKV: no frame count
+    ds = build_dataset("folder", tmp_path, train=False, segments=2, frames=4, crop_size=16)
+    first, _, _ = ds[0]
+    calls = []
+    original = _PyAVVideo._count_packets
+    monkeypatch.setattr(_PyAVVideo, "_count_packets", lambda self: calls.append(1) or original(self))
+    again, _, _ = ds[0]
+    assert calls == [] and torch.equal(first, again)
+    assert np.abs(_frame_levels(again) - (16 + 8 * tsn_indices(20, 2, 4, train=False))).max() < 3
+    with pytest.raises(ValueError, match="dtype"):
+        build_dataset("folder", tmp_path, train=True, segments=2, frames=4, dtype="float16")
+    with pytest.raises(ValueError, match="decode_threads"):
+        build_dataset("folder", tmp_path, train=True, segments=2, frames=4, decode_threads=-1)
