@@ -137,6 +137,39 @@ def eval_command(
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
+@app.command()
+def predict(
+    videos: list[str] = typer.Argument(..., help="video files, frame folders, folders of videos or list files (.txt)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    topk: int = typer.Option(5, "--topk", help="classes shown per video (or window)"),
+    views: str = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 2x3 (default: the run's test views)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    window: float = typer.Option(None, "--window", help="long videos: slide a window of this many seconds"),
+    stride: float = typer.Option(None, "--stride", help="with --window: seconds between window starts"),
+    out: str = typer.Option("predictions", "--out", help="with --window: folder for the CSV, JSON and PNG files"),
+    fps: float = typer.Option(None, "--fps", help="with --window: frame rate (frame folders have none)"),
+    workers: int = typer.Option(0, "--workers", help="decoding processes (whole videos)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Top-k classes of videos with their probabilities; with --window, class scores over time.
+
+    An unreadable video is reported and skipped; the exit status is 1 if any was.
+    """
+    from dynapp.apps.predict import run_predict
+    from dynapp.data.decode import VideoDecodeError
+    from dynapp.engine.checkpoint import CheckpointError
+
+    try:
+        status = run_predict(videos, checkpoint, topk=topk, views=views, as_json=as_json, window=window,
+                             stride=stride, out=out, fps=fps, workers=workers, device=device, progress=progress,
+                             echo=typer.echo)
+    except (ValueError, OSError, CheckpointError, VideoDecodeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(status)
+
+
 @app.command("precompute-flow")
 def precompute_flow_command(
     video: str = typer.Argument(..., help="a video file or a folder of frames"),
