@@ -187,7 +187,12 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> R
     that is not a dynapp training checkpoint or does not fit the model its config describes.
     """
     path = Path(checkpoint)
-    ck = load_checkpoint(path)
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # e.g. struct.error from a file that is not a checkpoint at all
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not ck.get("config"):
         raise CheckpointError(f"{path} is not a dynapp training checkpoint (no model or config)")
     state = _strip_prefix(ck["model"])
