@@ -170,6 +170,37 @@ def predict(
     raise typer.Exit(status)
 
 
+@app.command("export")
+def export_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+    out: str = typer.Option(None, "--out", help="output file (default: beside the checkpoint, .onnx or .ts.pt)"),
+    input_dtype: str = typer.Option("uint8", "--input", help="uint8 (decoded frames) or float (normalised) clips"),
+    check: bool = typer.Option(True, "--check/--no-check", help="compare the exported model with PyTorch"),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
+) -> None:
+    """Export a trained model (clip -> logits, dynamic batch) to ONNX or TorchScript and check it."""
+    from pathlib import Path
+
+    from dynapp.apps.export import FORMATS, export_and_check
+    from dynapp.apps.inference import load
+    from dynapp.engine.checkpoint import CheckpointError
+
+    if fmt not in FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, got {fmt!r}", err=True)
+        raise typer.Exit(1)
+    path = out or str(Path(checkpoint).with_suffix(".onnx" if fmt == "onnx" else ".ts.pt"))
+    try:
+        result = export_and_check(load(checkpoint), path, fmt=fmt, input_dtype=input_dtype, check=check, opset=opset)
+    except (ValueError, OSError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    shape = "x".join(str(s) for s in result["shape"])
+    typer.echo(f"wrote {result['path']} ({fmt}, input {input_dtype} {shape}, output logits N x classes)")
+    if result["max_abs_diff"] is not None:
+        typer.echo(f"largest difference from PyTorch on a random clip: {result['max_abs_diff']:.3g}")
+
+
 @app.command("precompute-flow")
 def precompute_flow_command(
     video: str = typer.Argument(..., help="a video file or a folder of frames"),
