@@ -170,6 +170,48 @@ def predict(
     raise typer.Exit(status)
 
 
+@app.command()
+def features(
+    videos: list[str] = typer.Argument(None, help="video files, folders or list files (or use --dataset/--root)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    out: str = typer.Option(..., "--out", help="folder for features.npy, index.csv and the per-video files"),
+    dataset: str = typer.Option(None, "--dataset", help="ucf101, hmdb51, kinetics, minikinetics, ssv1, list or folder"),
+    root: str = typer.Option(None, "--root", help="the dataset's root folder"),
+    split: int = typer.Option(1, "--split", help="official split (1-3 for UCF101/HMDB51)"),
+    subset: str = typer.Option("all", "--subset", help="all, train or test"),
+    views: str = typer.Option(None, "--views", help="CLIPSxCROPS (default: the run's test views)"),
+    save_frames: bool = typer.Option(False, "--save-frames", help="also save the representation's (DA) frames"),
+    workers: int = typer.Option(0, "--workers", help="decoding processes"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Pooled backbone features (before the classifier) of every video, to .npy + index.csv; resumable."""
+    from dynapp.apps.features import dataset_videos, extract_features
+    from dynapp.apps.inference import load, parse_views
+    from dynapp.apps.predict import collect_videos
+    from dynapp.engine.checkpoint import CheckpointError
+
+    try:
+        if bool(dataset) == bool(videos) or bool(dataset) != bool(root):
+            raise ValueError("give either videos or --dataset with --root")
+        labels = classes = None
+        if dataset:
+            paths, labels, classes = dataset_videos(dataset, root, split=split, subset=subset)
+        else:
+            paths = collect_videos(videos)
+        recognizer = load(checkpoint, device=device)
+        result = extract_features(recognizer, paths, out, labels=labels, classes=classes, views=parse_views(views),
+                                  save_frames=save_frames, workers=workers, progress=progress,
+                                  on_error=lambda msg: typer.echo(f"error: {msg}", err=True))
+    except (ValueError, OSError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    shape = " x ".join(str(s) for s in result["shape"])
+    typer.echo(f"{result['done']} videos done, {result['skipped']} already done, {len(result['failed'])} failed; "
+               f"{result['features']} ({shape}) and {result['index']}")
+    raise typer.Exit(int(bool(result["failed"])))
+
+
 @app.command("export")
 def export_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),

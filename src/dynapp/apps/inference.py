@@ -25,15 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from dynapp.config import config_from_dict
-from dynapp.data.decode import open_video
+from dynapp.data.decode import VideoDecodeError, open_video
 from dynapp.data.sampling import sample_indices
-from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop, normalize, three_crop
+from dynapp.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    normalize,
+    three_crop,
+)
 from dynapp.engine.checkpoint import CheckpointError, load_checkpoint
 from dynapp.model import VideoClassifier, build_model
 
-__all__ = ["Recognizer", "load", "preprocessing_from_config", "class_names", "parse_views", "read_views"]
+__all__ = ["Recognizer", "load", "preprocessing_from_config", "class_names", "parse_views", "read_views", "ViewsDataset",
+           "first_item"]
 
 
 def parse_views(views: str | None) -> tuple[int, int] | None:
@@ -176,8 +184,36 @@ class Recognizer(nn.Module):
         return results if x.dim() == 5 else results[0]
 
 
+class ViewsDataset(Dataset):
+    """Item i: ``(i, views uint8 (V, C, S*T, H, W) or None, error or None)`` of video ``paths[i]``.
+
+    For a DataLoader (``batch_size=1, collate_fn=first_item``): workers decode, a video that
+    cannot be read comes back with its reason instead of views, so the caller reports and skips it.
+    """
+
+    def __init__(self, paths: list[Path], preprocessing: dict, views: tuple[int, int] | None):
+        self.paths, self.pre, self.views = paths, preprocessing, views
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            with open_video(self.paths[i], self.pre["backend"]) as video:
+                return i, read_views(video, self.pre, self.views), None
+        except VideoDecodeError as err:
+            return i, None, err.reason
+        except Exception as err:  # a bad file must never stop the others
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def first_item(batch):
+    """The collate function of :class:`ViewsDataset` loaders: one video at a time, as it is."""
+    return batch[0]
+
+
 def _strip_prefix(state: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Recognizer:

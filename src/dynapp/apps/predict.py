@@ -22,15 +22,20 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from dynapp.apps.inference import Recognizer, read_views
-from dynapp.data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoDecodeError, open_video
+from dynapp.apps.inference import Recognizer, ViewsDataset, first_item, read_views
+from dynapp.data.decode import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VideoDecodeError,
+    open_video,
+)
 
 __all__ = ["LIST_EXTENSIONS", "collect_videos", "predict_videos", "format_table", "window_starts",
            "sliding_windows", "write_windows", "plot_timeline", "run_predict"]
@@ -80,29 +85,6 @@ def collect_videos(inputs: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-class _Views(Dataset):
-    """Item i: ``(i, views uint8 (V, C, S*T, H, W) or None, error or None)`` of video i."""
-
-    def __init__(self, paths: list[Path], preprocessing: dict, views: tuple[int, int] | None):
-        self.paths, self.pre, self.views = paths, preprocessing, views
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            with open_video(self.paths[i], self.pre["backend"]) as video:
-                return i, read_views(video, self.pre, self.views), None
-        except VideoDecodeError as err:
-            return i, None, err.reason
-        except Exception as err:  # a bad file must never stop the others
-            return i, None, f"{type(err).__name__}: {err}"
-
-
-def _first(batch):
-    return batch[0]
-
-
 def _top(recognizer: Recognizer, probs: torch.Tensor, topk: int) -> list[dict]:
     return [{"class": c, "prob": round(p, 6)} for c, p in recognizer.topk(probs, topk)]
 
@@ -117,7 +99,7 @@ def predict_videos(recognizer: Recognizer, paths: list[Path], *, topk: int = 5, 
     """
     from tqdm.auto import tqdm
 
-    loader = DataLoader(_Views(paths, recognizer.preprocessing, views), batch_size=1, collate_fn=_first,
+    loader = DataLoader(ViewsDataset(paths, recognizer.preprocessing, views), batch_size=1, collate_fn=first_item,
                         num_workers=workers)
     results: list[dict] = [{}] * len(paths)
     for i, clips, error in tqdm(loader, total=len(paths), desc="predict", unit="video", disable=not progress):
@@ -273,8 +255,8 @@ def run_predict(videos: list[str], checkpoint: str, *, topk: int = 5, views: str
         try:
             rows, probs = sliding_windows(recognizer, path, window=window, stride=stride, views=view_pair, fps=fps,
                                           progress=progress)
-        except VideoDecodeError as err:
-            echo_err(f"error: {path}: {err.reason}")
+        except (VideoDecodeError, ValueError) as err:  # this video only: the others go on
+            echo_err(f"error: {path}: {err.reason if isinstance(err, VideoDecodeError) else err}")
             failed += 1
             continue
         meta = {"video": str(path), "window_s": window, "stride_s": stride, "checkpoint": str(checkpoint)}
