@@ -114,16 +114,18 @@ def predict_videos(recognizer: Recognizer, paths: list[Path], *, topk: int = 5, 
 
 
 def format_table(results: list[dict]) -> str:
-    """A plain-text table: one row per video, its top-k as ``class prob``."""
+    """A plain-text table: one row per video, its top-k as ``class prob`` (or its error)."""
     k = max((len(r["top"]) for r in results), default=0)
-    rows = [["video"] + [f"top-{j + 1}" for j in range(k)]]
-    for r in results:
-        cells = [f"{t['class']} {t['prob']:.3f}" for t in r["top"]] if r["error"] is None else [f"error: {r['error']}"]
-        rows.append([r["video"]] + cells)
-    sized = [row for row, r in zip(rows, [None] + results) if r is None or r["error"] is None]
-    widths = [max(len(row[j]) for row in sized) for j in range(len(rows[0]))]
-    widths += [0]  # an error message is not padded
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    header = ["video"] + [f"top-{j + 1}" for j in range(k)]
+    rows = [[r["video"]] + [f"{t['class']} {t['prob']:.3f}" for t in r["top"]] for r in results]
+    widths = [max(len(row[j]) for row in [header, *rows] if j < len(row)) for j in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    body = [line(row) if r["error"] is None else f"{r['video'].ljust(widths[0])}  error: {r['error']}"
+            for row, r in zip(rows, results)]
+    return "\n".join([line(header), *body])
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
