@@ -23,7 +23,7 @@ the ``eager`` row of the table is all of it together):
   a fresh allocation above glibc's mmap threshold and page-faults on every call).
 * Fused reductions: DA = mean_t x - mean_t(a) y and ||p||^2 = ||x||^2 - y^2 (a.a + 2 eps) need
   only a.x, sum_t x and ||x||^2, and no (N, C, T, H, W) temporary.
-* A fused CPU kernel (``dynapp/pwtp_cpu.cpp``, the default on the CPU for D = 1): one pass over
+* A fused CPU kernel (``dynapp/kernels/pwtp_cpu.cpp``, the default on the CPU for D = 1): one pass over
   the clip computes a.x, sum_t x, ||x||^2 and DA, with A interpolated on the fly from the
   (N, T, 28, 224) half-upsampled hyperplanes, so neither A at full resolution nor its gradient
   is ever stored; the backward is one more pass (it recomputes y from the clip instead of

@@ -1,9 +1,9 @@
 """Time per training step: joint training with MGDA versus a constant alpha, same model and batch.
 
-The step is the one of ``dynapp.engine.train.train_one_epoch``: forward, the joint backward
-(``dynapp.joint.backward_joint``), for MGDA the combination of the Theta1 gradients (Eq. 12,
-Algorithm 1), gradient clipping and the SGD step.  ``constant`` does one backward of the
-weighted objective; ``mgda`` does one backward of the recognition loss plus a backward of ENoPR
+The step is the one of ``dynapp.engine.train.train_one_epoch``: forward, the joint backward (the
+``backward`` of the ``dynapp.joint`` strategy), for MGDA the combination of the Theta1 gradients
+(its ``after_backward``: Eq. 12, Algorithm 1), gradient clipping and the SGD step.  ``constant``
+does one backward of the weighted objective; ``mgda`` does one backward of the recognition loss plus a backward of ENoPR
 through PWTP alone.  The two strategies are timed in alternating rounds (so machine load hits
 both alike) after warm-up steps; medians are reported.  Prints a table, then one JSON line::
 
@@ -24,24 +24,23 @@ import time
 import torch
 from torch import nn
 
-from dynapp.joint import MGDAState, backward_joint, combine_theta1_grads, theta1_parameters
-from dynapp.model import build_model
 from dynapp.engine.train import build_param_groups
+from dynapp.joint import build_strategy, theta1_parameters
+from dynapp.model import build_model
 
 
 def make_step(model: nn.Module, strategy: str, clip: torch.Tensor, label: torch.Tensor, alpha: float = 0.5):
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     optimizer = torch.optim.SGD(build_param_groups(model, weight_decay=1e-4, classifier_lr_mult=5, classifier_wd_mult=5),
                                 lr=1e-3, momentum=0.9)
-    theta1 = theta1_parameters(model)
-    state = MGDAState(theta1)
+    joint = build_strategy(strategy, theta1_parameters(model), total_steps=1, alpha=alpha)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def step() -> float:
         out = model(clip)
         rec = criterion(out.logits, label)
-        backward_joint(strategy, rec_loss=rec, aux_loss=out.aux_loss, theta1=theta1, alpha=alpha, mgda_state=state)
-        a = combine_theta1_grads(theta1, state) if strategy == "mgda" else alpha
+        joint.backward(rec, out.aux_loss, step=0)
+        a = joint.after_backward()
         torch.nn.utils.clip_grad_norm_(params, 20.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

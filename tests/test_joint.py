@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -10,13 +11,22 @@ from torch import nn
 
 from dynapp.joint import (
     ALPHA_WHEN_EQUAL,
+    MGDA,
+    NORMALIZATIONS,
+    STRATEGIES,
+    Constant,
     MGDAState,
-    backward_joint,
+    Phase,
+    Plain,
+    Scheduler,
+    Separate,
+    build_strategy,
     combine_theta1_grads,
+    gradient_normalizer,
     mgda_alpha,
+    normalized_mgda_alpha,
     scheduler_alpha,
     theta1_parameters,
-    weighted_alpha,
 )
 
 
@@ -105,10 +115,10 @@ def test_scheduler_rejects_bad_parameters():
 
 
 def test_weighted_alpha():
-    assert weighted_alpha("constant", step=7, total_steps=10, alpha=0.9, gamma=0.2, lam=0.1) == 0.9
-    assert weighted_alpha("scheduler", step=0, total_steps=10, alpha=0.0, gamma=0.2, lam=0.1) == pytest.approx(1.0)
+    assert build_strategy("constant", [], total_steps=10, alpha=0.9, gamma=0.2, lam=0.1).alpha_at(7) == 0.9
+    assert build_strategy("scheduler", [], total_steps=10, alpha=0.0, gamma=0.2, lam=0.1).alpha_at(0) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        weighted_alpha("constant", step=0, total_steps=10, alpha=1.5, gamma=0.2, lam=0.1)
+        build_strategy("constant", [], total_steps=10, alpha=1.5, gamma=0.2, lam=0.1).alpha_at(0)
 
 
 class _ToyRep(nn.Module):
@@ -144,10 +154,11 @@ def test_algorithm1_update_matches_hand_computation():
 
     theta1 = theta1_parameters(model)
     assert len(theta1) == 1
-    state = MGDAState(theta1)
+    mgda = MGDA(theta1)
+    state = mgda.state
     out, aux = model(x)
     rec = ((out - y) ** 2).mean()
-    backward_joint("mgda", rec_loss=rec, aux_loss=aux, theta1=theta1, mgda_state=state)
+    mgda.backward(rec, aux, step=0)
     alpha = combine_theta1_grads(theta1, state)
 
     # hand computation: aux = mean_n sum_k x_nk^2 (1 - w_k)^2 ; rec = mean_n (sum_k v_k w_k x_nk - y_n)^2
@@ -179,11 +190,11 @@ def test_mgda_accumulation_equals_full_batch():
     for chunks in (1, 2):
         model = _ToyModel()
         theta1 = theta1_parameters(model)
-        state = MGDAState(theta1)
+        mgda = MGDA(theta1)
+        state = mgda.state
         for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
             out, aux = model(xb)
-            backward_joint("mgda", rec_loss=((out - yb) ** 2).mean(), aux_loss=aux, theta1=theta1,
-                           divide=chunks, mgda_state=state)
+            mgda.backward(((out - yb) ** 2).mean(), aux, step=0, divide=chunks)
         alphas.append(combine_theta1_grads(theta1, state))
         grads.append([p.grad.clone() for p in model.parameters()])
     assert alphas[0] == pytest.approx(alphas[1], abs=1e-6)
@@ -196,8 +207,7 @@ def test_constant_strategy_is_weighted_objective():
     y = torch.randn(4, generator=torch.Generator().manual_seed(6))
     model, ref = _ToyModel(), _ToyModel()
     out, aux = model(x)
-    backward_joint("constant", rec_loss=((out - y) ** 2).mean(), aux_loss=aux,
-                   theta1=theta1_parameters(model), alpha=0.25)
+    Constant(theta1_parameters(model), alpha=0.25).backward(((out - y) ** 2).mean(), aux, step=0)
     out, aux = ref(x)
     (0.25 * aux + 0.75 * ((out - y) ** 2).mean()).backward()
     for a, b in zip(model.parameters(), ref.parameters()):
@@ -208,6 +218,194 @@ def test_no_aux_loss_is_plain_backward():
     model = _ToyModel()
     x = torch.randn(4, 2)
     out, _ = model(x)
-    backward_joint("mgda", rec_loss=out.pow(2).mean(), aux_loss=None, theta1=theta1_parameters(model),
-                   mgda_state=MGDAState([]))
+    MGDA(theta1_parameters(model)).backward(out.pow(2).mean(), None, step=0)
     assert model.head.weight.grad is not None
+
+
+# ---- MGDA with Sener and Koltun's gradient normalisation ----
+
+
+def _by_hand_normaliser(g: torch.Tensor, loss: float, normalize: str) -> float:
+    norm = float(g.double().norm())
+    return {"none": 1.0, "l2": norm, "loss": loss, "loss+": loss * norm}[normalize]
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("seed", range(3))
+def test_normalized_alpha_is_min_norm_point_of_normalized_gradients(normalize, seed):
+    gen = torch.Generator().manual_seed(seed)
+    g1 = 50.0 * torch.randn(40, generator=gen)  # very different scales: normalisation matters
+    g2 = 0.2 * torch.randn(40, generator=gen) + 0.01 * g1
+    l1, l2 = 0.03, 2.5
+    n1, n2 = _by_hand_normaliser(g1, l1, normalize), _by_hand_normaliser(g2, l2, normalize)
+    expected = _grid_minimiser(g1.double() / n1, g2.double() / n2)
+    alpha = normalized_mgda_alpha(g1, g2, normalize=normalize, l1=l1, l2=l2)
+    assert alpha == pytest.approx(expected, abs=2e-5)
+    assert gradient_normalizer(g1, l1, normalize) == pytest.approx(n1)
+    if normalize == "none":
+        assert alpha == mgda_alpha(g1, g2)
+
+
+def test_l2_normalisation_balances_gradients_of_different_scale():
+    g1, g2 = torch.tensor([100.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert mgda_alpha(g1, g2) < 1e-3  # Eq. 12 follows the small gradient almost entirely
+    assert normalized_mgda_alpha(g1, g2, normalize="l2") == pytest.approx(0.5)  # equal after normalising
+
+
+def test_zero_gradient_normaliser_is_one_and_bad_mode_rejected():
+    assert gradient_normalizer(torch.zeros(3), 0.5, "l2") == 1.0
+    assert gradient_normalizer(torch.ones(3), 0.0, "loss") == 1.0
+    with pytest.raises(ValueError, match="normalize"):
+        gradient_normalizer(torch.ones(3), 1.0, "max")
+    with pytest.raises(ValueError, match="normalize"):
+        combine_theta1_grads([nn.Parameter(torch.ones(1))], _state_with_g1(), normalize="max")
+
+
+def _state_with_g1() -> MGDAState:
+    p = nn.Parameter(torch.ones(1))
+    state = MGDAState([p])
+    state.add([torch.ones(1)])
+    return state
+
+
+def _toy_step(model, x, y, chunks=1):
+    theta1 = theta1_parameters(model)
+    mgda = MGDA(theta1)
+    for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
+        out, aux = model(xb)
+        mgda.backward(((out - yb) ** 2).mean(), aux, step=0, divide=chunks)
+    return theta1, mgda.state
+
+
+@pytest.mark.parametrize("normalize", ["l2", "loss", "loss+"])
+def test_normalized_mgda_steps_on_unnormalized_combination(normalize):
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(7))
+    y = 3.0 * torch.randn(6, generator=torch.Generator().manual_seed(8))
+    model = _ToyModel()
+    w = model.representation.w.detach().clone()
+    v = model.head.weight.detach().clone().reshape(-1)
+    theta1, state = _toy_step(model, x, y)
+    alpha = combine_theta1_grads(theta1, state, normalize=normalize)
+    # by hand (see test_algorithm1_update_matches_hand_computation): gradients and loss values
+    g1 = (-2 * (1 - w) * (x**2)).mean(0)
+    r = (x * w * v).sum(1) - y
+    g2 = (2 * r[:, None] * v * x).mean(0)
+    l1, l2 = float(((x - x * w) ** 2).sum(1).mean()), float((r**2).mean())
+    n1, n2 = _by_hand_normaliser(g1, l1, normalize), _by_hand_normaliser(g2, l2, normalize)
+    a = _grid_minimiser(g1.double() / n1, g2.double() / n2)
+    assert alpha == pytest.approx(a, abs=2e-5)
+    assert abs(alpha - mgda_alpha(g1, g2)) > 1e-3  # the normalisation changed alpha here
+    # Theta1 steps along the combination of the raw gradients (Sener and Koltun's code)
+    assert torch.allclose(model.representation.w.grad, alpha * g1 + (1 - alpha) * g2, atol=1e-5)
+    assert state.losses is None and state.g1 is None
+
+
+@pytest.mark.parametrize("normalize", ["loss", "loss+"])
+def test_normalized_mgda_accumulation_equals_full_batch(normalize):
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(8, generator=torch.Generator().manual_seed(2))
+    alphas = []
+    for chunks in (1, 2, 4):
+        model = _ToyModel()
+        theta1, state = _toy_step(model, x, y, chunks)
+        alphas.append(combine_theta1_grads(theta1, state, normalize=normalize))
+    assert alphas[1] == pytest.approx(alphas[0], abs=1e-6) and alphas[2] == pytest.approx(alphas[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+def test_normalized_mgda_averages_losses_over_processes(normalize):
+    # two simulated processes on two halves of a batch: DDP averages g2 in .grad; the reducer
+    # given to combine_theta1_grads averages g1 (float32) and the loss values (float64)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    y = 4.0 * torch.randn(8, generator=torch.Generator().manual_seed(4))
+    models = [_ToyModel(), _ToyModel()]
+    steps = [_toy_step(m, xb, yb) for m, xb, yb in zip(models, x.chunk(2), y.chunk(2))]
+    (theta_a, state_a), (theta_b, state_b) = steps
+    peer = {torch.float32: torch.cat([g.reshape(-1) for g in state_b.g1]), torch.float64: state_b.losses.clone()}
+    g1_mean = (torch.cat([g.reshape(-1) for g in state_a.g1]) + peer[torch.float32]) / 2
+    l_mean = (state_a.losses + peer[torch.float64]) / 2
+    g2_mean = (theta_a[0].grad + theta_b[0].grad) / 2
+    theta_a[0].grad = g2_mean.clone()
+    reduced = []
+
+    def reducer(t):
+        reduced.append(t.dtype)
+        return (t + peer[t.dtype]) / 2
+
+    alpha = combine_theta1_grads(theta_a, state_a, all_reduce_mean=reducer, normalize=normalize)
+    n1 = _by_hand_normaliser(g1_mean, float(l_mean[0]), normalize)
+    n2 = _by_hand_normaliser(g2_mean, float(l_mean[1]), normalize)
+    assert alpha == pytest.approx(_grid_minimiser(g1_mean.double() / n1, g2_mean.double() / n2), abs=2e-5)
+    assert (torch.float64 in reduced) == (normalize in ("loss", "loss+"))  # no extra all-reduce otherwise
+
+
+# ---- the strategies as objects ----
+
+
+def test_strategies_dict_is_the_one_list_config_and_train_read(monkeypatch, tmp_path):
+    from dynapp.config import ConfigError, load_config
+    from dynapp.engine.run import run_from_config
+
+    assert list(STRATEGIES) == ["mgda", "constant", "scheduler", "separate"]
+    with pytest.raises(ConfigError, match="expected mgda, constant, scheduler, separate, got 'magic'"):
+        load_config(None, ["joint.strategy=magic"])
+
+    class Half(Constant):  # a new strategy: one class and one dict entry, nothing else
+        def __init__(self, theta1, **options):
+            super().__init__(theta1, alpha=0.5)
+
+    monkeypatch.setitem(STRATEGIES, "half", Half)
+    cfg = load_config(None, ["joint.strategy=half", "data.dataset=random", "data.segments=2", "data.frames=4",
+                             "data.crop_size=32", "data.num_samples=4", "data.num_workers=0", "model.backbone=small2d",
+                             "model.backbone_kwargs.widths=[8,8,8,8]", "optim.batch_size=2", "optim.epochs=1",
+                             "log.tensorboard=false", "log.progress=false", "eval.every_epochs=0",
+                             "checkpoint.enabled=false", f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    with open(tmp_path / "train_log.csv", newline="") as f:
+        alphas = [float(r["alpha"]) for r in csv.DictReader(f)]
+    assert alphas == [0.5, 0.5]
+
+
+def test_build_strategy_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown joint strategy 'magic'; choose from mgda, constant"):
+        build_strategy("magic", [], total_steps=1)
+
+
+def test_plain_and_weighted_without_theta1():
+    model = _ToyModel()
+    out, _ = model(torch.randn(3, 2))
+    plain = Plain()
+    plain.backward(out.pow(2).mean(), None, step=0)
+    assert math.isnan(plain.after_backward()) and plain.phase(0) == Phase()
+    assert model.head.weight.grad is not None
+    assert math.isnan(MGDA([]).after_backward())  # nothing to combine: plain training, no alpha
+
+
+def test_separate_phases_and_frozen_theta1():
+    model = _ToyModel()
+    theta1 = theta1_parameters(model)
+    sep = build_strategy("separate", theta1, total_steps=4, separate_epochs=2)
+    assert isinstance(sep, Separate)
+    assert sep.phase(0) == sep.phase(1) == Phase(run_backbone=False, train_theta1=True)
+    assert sep.phase(2) == Phase(run_backbone=True, train_theta1=False)
+    x = torch.randn(4, 2)
+    out, aux = model(x)
+    sep.backward(None, aux, step=0, divide=2)  # PWTP's phase: L1 alone, no recognition loss
+    assert sep.after_backward() == 1.0
+    expected = torch.autograd.grad(model(x)[1] / 2, theta1)[0]
+    assert torch.allclose(model.representation.w.grad, expected) and model.head.weight.grad is None
+    model.zero_grad(set_to_none=True)
+    out, aux = model(x)
+    sep.backward(out.pow(2).mean(), aux, step=1)  # the recogniser's phase: L2, Theta1 frozen
+    assert sep.after_backward() == 0.0
+    assert model.representation.w.grad is None and model.head.weight.grad is not None
+    with pytest.raises(ValueError, match="separate needs a representation with parameters"):
+        build_strategy("separate", [], total_steps=4)
+
+
+def test_scheduler_object_follows_eq13():
+    sched = build_strategy("scheduler", [], total_steps=50, gamma=0.2, lam=0.3)
+    assert isinstance(sched, Scheduler)
+    assert [sched.alpha_at(s) for s in range(50)] == [scheduler_alpha(m, 50, gamma=0.2, lam=0.3) for m in range(1, 51)]
+    with pytest.raises(ValueError, match="gamma"):
+        build_strategy("scheduler", [], total_steps=50, gamma=1.5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from dynapp.names import REPRESENTATIONS
+
 app = typer.Typer(
     help="dynapp: Dynamic Appearance (PWTP) for video action recognition.",
     no_args_is_help=True,
@@ -27,7 +29,7 @@ def version() -> None:
 
 @app.command()
 def flops(
-    representation: str = typer.Option("rgb", help="rgb, rgb_diff, dynamic_image, flow_tvl1, flow_farneback, pwtp"),
+    representation: str = typer.Option("rgb", help=", ".join(REPRESENTATIONS)),
     backbone: str = typer.Option("tsm_resnet50", help="tsm_resnet50, x3d_xs, x3d_m, vit_b16, small2d, small3d"),
     num_classes: int = typer.Option(174, help="classifier outputs"),
     segments: int = typer.Option(8, help="S, segments per clip"),
@@ -253,7 +255,7 @@ def precompute_flow_command(
 ) -> None:
     """Compute a video's optical flow between consecutive frames and save it quantised to uint8."""
     from dynapp.data.decode import VideoDecodeError
-    from dynapp.flow import precompute_video_flow
+    from dynapp.data.flow_files import precompute_video_flow
 
     try:
         n = precompute_video_flow(video, out, method=method, bound=bound, short_side=size)

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from dynapp.joint import NORMALIZATIONS, STRATEGIES
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -95,11 +97,12 @@ class OptimConfig:
 
 @dataclass
 class JointConfig:
-    strategy: str = "mgda"  # mgda | constant | scheduler | separate
+    strategy: str = "mgda"  # a name of dynapp.joint.STRATEGIES: mgda | constant | scheduler | separate
     alpha: float = 0.5  # constant strategy
     gamma: float = 0.2  # scheduler (Eq. 13)
     lam: float = 0.1  # scheduler (Eq. 13)
     separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
+    normalize: str = "none"  # mgda: none (Eq. 12) | l2 | loss | loss+ (Sener & Koltun's gradient normalisation)
 
 
 @dataclass
@@ -327,8 +330,9 @@ def validate(cfg: RunConfig) -> None:
     _check(o.clip_grad_norm >= 0, f"optim.clip_grad_norm: must be >= 0 (0 disables), got {o.clip_grad_norm}")
     for name in ("classifier_lr_mult", "classifier_wd_mult", "representation_lr_mult", "representation_wd_mult"):
         _check(getattr(o, name) >= 0, f"optim.{name}: must be >= 0, got {getattr(o, name)}")
-    _check(j.strategy in ("mgda", "constant", "scheduler", "separate"),
-           f"joint.strategy: expected mgda, constant, scheduler or separate, got {j.strategy!r}")
+    _check(j.strategy in STRATEGIES, f"joint.strategy: expected {', '.join(STRATEGIES)}, got {j.strategy!r}")
+    _check(j.normalize in NORMALIZATIONS,
+           f"joint.normalize: expected {', '.join(NORMALIZATIONS)}, got {j.normalize!r}")
     _check(0.0 <= j.alpha <= 1.0, f"joint.alpha: must be in [0, 1], got {j.alpha}")
     _check(0.0 < j.gamma < 1.0, f"joint.gamma: must be in (0, 1), got {j.gamma}")
     _check(0.0 < j.lam < 1.0, f"joint.lam: must be in (0, 1), got {j.lam}")

@@ -14,6 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dynapp.backbones import BACKBONES, BACKBONES_3D, build_backbone
+from dynapp.representations import REPRESENTATIONS, build_representation
+
 __all__ = ["ModelOutput", "VideoClassifier", "build_model"]
 
 
@@ -63,9 +66,6 @@ def representation_for(
 
     With a 3D backbone (X3D, small3d) the ``rgb`` representation passes all S*T frames.
     """
-    from dynapp.backbones import BACKBONES, BACKBONES_3D
-    from dynapp.representations import REPRESENTATIONS, build_representation
-
     if representation not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
     if backbone not in BACKBONES:
@@ -101,8 +101,6 @@ def build_model(
     to :func:`dynapp.backbones.build_backbone`; its first layer is inflated when the channel
     counts differ.
     """
-    from dynapp.backbones import build_backbone
-
     rep = representation_for(representation, backbone, segments=segments, frames=frames,
                              in_channels=in_channels, representation_kwargs=representation_kwargs)
     net = build_backbone(

@@ -3,22 +3,28 @@
 Huang and Bors, "Dynamic Appearance: A Video Representation for Action Recognition with
 Joint Training", AAAI 2023, Section 3 (Eq. 1-8) and Appendix C.
 
-For every pixel ``i`` a T x D matrix ``A_i`` is predicted from the clip; the T-vector of each
-channel, ``x_i``, is projected onto the column space of ``A_i``::
+The equations, and where each one is in this file::
 
-    y   = (A^T A)^-1 A^T x          (Eq. 1, the coefficients)
-    x^  = A y                        (the static appearance)
-    p   = x - x^                     (Eq. 5, the projection residual)
-    DA  = mean_t p                   (Eq. 6, the dynamic appearance)
+    feat = F(x)                      (Eq. 2, conv F frame by frame)          PWTP._coarse
+    u    = triu(feat^T feat) / C'    (Eq. 3, relation descriptor)            relation_descriptor
+    A    = Up(MLP(u))                (Eq. 4, T x D hyperplanes per pixel)    PWTP._coarse, _upsample
+    y    = (A^T A)^-1 A^T x          (Eq. 1, the coefficients)               projection_coefficients
+    x^   = A y                       (the static appearance)                 project
+    p    = x - x^                    (Eq. 5, the projection residual)
+    DA   = mean_t p                  (Eq. 6, the dynamic appearance)         dynamic_appearance
     ENoPR = 1/(HWC) sum_j ||p_j||^2  (Eq. 7, summed over T, averaged over pixels and channels)
+    L1   = mean_n ENoPR_n            (Eq. 8, the batch mean; the ``pwtp`` representation takes it)
 
-The fast path never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x - mean_t(A) y``
-and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The only work
-that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd function
-whose backward is one more pass), a plain temporal sum and a squared norm.  On the CPU, the
-default D = 1 goes further (:mod:`dynapp.pwtp_cpu`): a fused kernel does all of it in one pass
-over the clip forward and one backward, with A upsampled on the fly, and the Gram features of
-Eq. 3 in one pass each way; elsewhere (GPU, D > 1, no C++ compiler) the PyTorch code below runs.
+``dynamic_appearance`` never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x -
+mean_t(A) y`` and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The
+only work that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd
+function whose backward is one more pass), a plain temporal sum and a squared norm; for D = 1
+(the default) ``_RankOneDA`` writes the same arithmetic with a hand-written backward.
+
+This file is the readable reference, and the oracle of the tests.  The fused CPU kernel
+(:mod:`dynapp.kernels.pwtp_cpu`) does Eq. 3 and Eq. 1, 5-7 for D = 1 in one pass over the clip
+each way; ``PWTP(impl="auto" | "reference" | "cpu_fused")`` chooses, by the one rule of
+:func:`choose_impl`, and ``PWTP.last_impl`` reports what ran.
 
 Choices where the paper is silent (documented and tested):
 
@@ -29,6 +35,15 @@ Choices where the paper is silent (documented and tested):
   The bottleneck width is ``round(beta * rP)``.  The default configuration has 9,686 parameters.
 * Upsampling is bilinear with ``align_corners=False`` (PyTorch's default), written as two
   small matrix products, which equals ``F.interpolate`` and is 3x cheaper to differentiate.
+* Leak-free DA (``static="remove"``, beyond the paper).  DA is a per-pixel linear temporal
+  filter, ``DA = sum_t w_t x_t`` with ``w_t = 1/T - a_t^T G^-1 m`` (G = A^T A regularised,
+  m = mean_t A).  Its weights sum to ``s = 1 - T m^T G^-1 m >= 0``, so a static pixel x_t = xbar
+  reaches DA as ``s xbar``: part of the scene leaks through.  The option subtracts it,
+  ``DA' = DA - s mean_t x = (m^T G^-1 m) sum_t x - m^T y``, whose weights
+  ``w'_t = -(a_t - m)^T G^-1 m`` sum to zero; equivalently DA' is the DA of the temporally
+  centred clip ``x - mean_t x``.  For D = 1, ``m^T G^-1 m = m^2 / (a.a + eps)``.  ENoPR is a
+  property of the projection (Eq. 7) and is unchanged.  Cost: nothing more than sum_t x, which
+  DA already needs (one more D x D solve for D > 1).
 * The normal equations are regularised: for D = 1, ``y = a.x / (a.a + eps)``; for D > 1 the
   D x D system ``(A^T A + (ridge * tr(A^T A) / D + eps) I) y = A^T x`` is solved by an
   unrolled Cholesky factorisation.  Zero or equal columns therefore give finite outputs and
@@ -38,18 +53,23 @@ Choices where the paper is silent (documented and tested):
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynapp import pwtp_cpu
+from dynapp.kernels import pwtp_cpu
+from dynapp.segments import fold_segments, segment_view, split_segments
 
 __all__ = [
+    "IMPLS",
     "PWTP",
+    "PWTPImpl",
     "PWTPOutput",
+    "STATIC_OPTIONS",
+    "check_static",
+    "choose_impl",
     "project",
     "projection_coefficients",
     "dynamic_appearance",
@@ -63,6 +83,9 @@ __all__ = [
 # for D > 1, one relative to tr(A^T A) / D (equal columns stay finite).  A few ulps each, so a
 # well-conditioned projection is exact to working precision.
 _REGULARISERS = {torch.float32: (1e-6, 1e-6), torch.float64: (1e-12, 1e-12)}
+
+# What PWTP does with the static part of DA: "keep" (the paper, Eq. 6) or "remove" (leak-free DA).
+STATIC_OPTIONS = ("keep", "remove")
 
 
 class PWTPOutput(NamedTuple):
@@ -221,6 +244,10 @@ def projection_coefficients(
 ) -> torch.Tensor:
     """Eq. 1: the coefficients ``y = (A^T A)^-1 A^T x``, shape (N, C, D, H, W)."""
     _check_pair(x, A)
+    return _projection_coefficients(x, A, eps, ridge)
+
+
+def _projection_coefficients(x: torch.Tensor, A: torch.Tensor, eps: float | None, ridge: float | None) -> torch.Tensor:
     dt = _working_dtype(x, A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(x.device.type, enabled=False):
@@ -235,7 +262,12 @@ def project(x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge
     ``x - project(x, A)``.  This materialises a clip-sized tensor; :func:`dynamic_appearance`
     gives DA and ENoPR without it.
     """
-    y = projection_coefficients(x, A, eps=eps, ridge=ridge)  # (N, C, D, H, W)
+    _check_pair(x, A)
+    return _project(x, A, eps, ridge)
+
+
+def _project(x: torch.Tensor, A: torch.Tensor, eps: float | None, ridge: float | None) -> torch.Tensor:
+    y = _projection_coefficients(x, A, eps, ridge)  # (N, C, D, H, W)
     with torch.autocast(x.device.type, enabled=False):
         return torch.einsum("ntdhw,ncdhw->ncthw", A.to(y.dtype), y)
 
@@ -262,7 +294,7 @@ class _RankOneDA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, eps: float):
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, eps: float, remove: bool = False):
         # x: (N, C, T, H, W), a: (N, T, H, W)
         N, C, T, H, W = x.shape
         B = _contract(x, a.unsqueeze(2)).squeeze(2)  # (N, C, H, W) = a.x
@@ -275,20 +307,25 @@ class _RankOneDA(torch.autograd.Function):
         m = asum.div_(T).unsqueeze(1)  # (N, 1, H, W)
         y = B.mul_(inv_den)  # (N, C, H, W), B is not needed any more
         static = m * y
-        da = x.sum(2).div_(T).sub_(static)
+        if remove:  # leak-free: da = f S - m y with f = m^2 / (a.a + eps) (the weights sum to 0)
+            S = x.sum(2)  # (N, C, H, W), kept for the backward
+            da = torch.addcmul(-static, S, m * m * inv_den)
+        else:
+            S = None
+            da = x.sum(2).div_(T).sub_(static)
         yy = _channel_dot(y, y).unsqueeze(1)  # (N, 1, H, W) sum_c y_c^2
         x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()
         explained = (yy * (aa.unsqueeze(1) + 2 * eps)).reshape(N, -1).sum(1)
         res_sq = x_sq.double() - explained.double()
         positive = res_sq > 0
         enopr = (res_sq.clamp_min(0) / (C * H * W)).to(x.dtype)
-        ctx.save_for_backward(x, a, y, inv_den, m, yy, positive)
+        ctx.save_for_backward(x, a, y, inv_den, m, yy, positive, S)
         ctx.eps = eps
         return da, enopr, static
 
     @staticmethod
     def backward(ctx, g_da: torch.Tensor, g_enopr: torch.Tensor, g_static: torch.Tensor):
-        x, a, y, inv_den, m, yy, positive = ctx.saved_tensors
+        x, a, y, inv_den, m, yy, positive, S = ctx.saved_tensors
         eps = ctx.eps
         N, C, T, H, W = x.shape
         # d enopr / d explained = -1/(CHW) where the residual is positive (clamped otherwise).
@@ -299,43 +336,82 @@ class _RankOneDA(torch.autograd.Function):
         # g_B = (m u + 2 g_expl (aa + 2 eps) y) / den
         g_B = torch.addcmul(m * u, 2 * g_expl * (aa + 2 * eps), y).mul_(inv_den)
         # g_aa = -(m yu + g_expl (aa + 3 eps) yy) / den
-        g_aa = torch.addcmul(m * yu, g_expl * (aa + 3 * eps), yy).mul_(inv_den).neg_()
+        g_aa = torch.addcmul(m * yu, g_expl * (aa + 3 * eps), yy)
+        g_m, g_S = yu, g_da / T
+        if S is not None:  # the leak-free term f S, f = m^2 / den: q = sum_c g_da[c] S[c]
+            f = m * m * inv_den
+            q = _channel_dot(g_da, S).unsqueeze(1)  # (N, 1, H, W)
+            g_aa.addcmul_(f, q)  # d(f S)/d aa = -f S / den (the sign and 1/den follow)
+            g_m = torch.addcmul(yu, m * inv_den, q, value=2.0)  # d(f S)/dm = 2 m S / den
+            g_S = g_da * f
+        g_aa.mul_(inv_den).neg_()
         grad_x = grad_a = None
         if ctx.needs_input_grad[1]:
             # grad_a[t] = sum_c g_B[c] x[c, t] + 2 a[t] g_aa + g_m / T       -> (N, T, H, W)
-            grad_a = torch.addcmul(yu / T, a, g_aa, value=2.0)
+            grad_a = torch.addcmul(g_m / T, a, g_aa, value=2.0)
             for c in range(C):
                 grad_a.addcmul_(x[:, c], g_B[:, c : c + 1])
         if ctx.needs_input_grad[0]:
-            # grad_x[c, t] = g_B[c] a[t] + g_da[c] / T - 2 x[c, t] g_expl    -> (N, C, T, H, W)
+            # grad_x[c, t] = g_B[c] a[t] + g_S[c] - 2 x[c, t] g_expl         -> (N, C, T, H, W)
             grad_x = g_B.unsqueeze(2) * a.unsqueeze(1)
-            grad_x.add_((g_da / T).unsqueeze(2)).addcmul_(x, g_expl.view(N, 1, 1, 1, 1), value=-2.0)
-        return grad_x, grad_a, None
+            grad_x.add_(g_S.unsqueeze(2)).addcmul_(x, g_expl.view(N, 1, 1, 1, 1), value=-2.0)
+        return grad_x, grad_a, None, None
+
+
+def check_static(static: str) -> bool:
+    """Validate a ``static`` option ("keep" or "remove"); True for "remove"."""
+    if static not in STATIC_OPTIONS:
+        raise ValueError(f"static must be one of {', '.join(map(repr, STATIC_OPTIONS))}; got {static!r}")
+    return static == "remove"
 
 
 def dynamic_appearance(
-    x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None
+    x: torch.Tensor,
+    A: torch.Tensor,
+    *,
+    eps: float | None = None,
+    ridge: float | None = None,
+    static: str = "keep",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DA (Eq. 6) and per-sample ENoPR (Eq. 7) without building the residual.
 
     x: (N, C, T, H, W), A: (N, T, D, H, W).  Returns ``(da, enopr, static)`` with
     da (N, C, H, W) = mean_t (x - x^), enopr (N,) and static (N, C, H, W) = mean_t x^.
     Computed in float32 (float64 if either input is float64), also under autocast.
+
+    ``static="remove"`` gives the leak-free DA (not in the paper): ``da - s * mean_t x`` with
+    ``s = 1 - T m^T (A^T A)^-1 m`` the sum of the pixel's temporal weights (m = mean_t A), i.e.
+    ``da = (m^T (A^T A)^-1 m) sum_t x - m^T y``: its weights sum to zero, so a static pixel
+    gives 0 for any A.  ENoPR and the returned static appearance are those of the projection
+    and do not depend on the option.
     """
     _check_pair(x, A)
+    return _dynamic_appearance(x, A, eps=eps, ridge=ridge, remove=check_static(static))
+
+
+def _dynamic_appearance(
+    x: torch.Tensor, A: torch.Tensor, *, eps: float | None, ridge: float | None, remove: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`dynamic_appearance` on inputs whose shapes are known to match."""
     N, C, T, H, W = x.shape
     dt = _working_dtype(x, A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(x.device.type, enabled=False):
         x, A = x.to(dt), A.to(dt)
         if A.shape[2] == 1:
-            return _RankOneDA.apply(x, A.squeeze(2), eps)
+            return _RankOneDA.apply(x, A.squeeze(2), eps, remove)
         G = _gram(A)  # (N, D, D, H, W)
         B = temporal_contract(x, A)  # (N, C, D, H, W)
         y = _solve_normal(G, B, eps, ridge)  # (N, C, D, H, W)
         a_mean = A.mean(1)  # (N, D, H, W)
         static = (a_mean.unsqueeze(1) * y).sum(2)  # (N, C, H, W)
-        da = x.sum(2) / T - static
+        if remove:
+            # f = m^T G^-1 m = (1 - weight sum) / T, one more D x D solve with a single right side
+            v = _solve_normal(G, a_mean.unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+            f = (a_mean.unsqueeze(1) * v).sum(2)  # (N, 1, H, W)
+            da = x.sum(2) * f - static
+        else:
+            da = x.sum(2) / T - static
         # ||x - A y||^2 summed over t, c, h, w = ||x||^2 - sum(2 y.B - y^T G y); exact for any y.
         x_sq = torch.linalg.vector_norm(x.reshape(N, -1), dim=1).square()  # (N,)
         explained = (y * (2 * B - _apply_gram(G, y))).reshape(N, -1).sum(1)  # (N,)
@@ -344,22 +420,31 @@ def dynamic_appearance(
     return da, enopr, static
 
 
-def temporal_weights(A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None) -> torch.Tensor:
+def temporal_weights(
+    A: torch.Tensor, *, eps: float | None = None, ridge: float | None = None, static: str = "keep"
+) -> torch.Tensor:
     """DA as a per-pixel linear temporal filter: ``DA[c] = sum_t w[t] x[c, t]``.
 
     A (N, T, D, H, W) -> w (N, T, H, W) with ``w_t = 1/T - a_t^T (A^T A)^-1 mean_t(A)`` (for
     D = 1, ``1/T - mean(a) a_t / (a.a)``).  The weights sum to ``1 - T mean(a)^T (A^T A)^-1 mean(a)``
     (>= 0), which is 0 exactly when the constant vector lies in the column space of A: then a
     static pixel contributes nothing to DA.  ``w.sum(1)`` is therefore the per-pixel static leakage.
+
+    ``static="remove"`` gives the weights of the leak-free DA, ``w_t - (sum_s w_s) / T =
+    -(a_t - mean_t A)^T (A^T A)^-1 mean_t(A)``, which sum to zero at every pixel.
     """
     if A.dim() != 5:
         raise ValueError(f"expected A of shape (N, T, D, H, W); got {tuple(A.shape)}")
+    remove = check_static(static)
     T = A.shape[1]
     dt = _working_dtype(A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(A.device.type, enabled=False):
         A = A.to(dt)
-        v = _solve_normal(_gram(A), A.mean(1).unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+        m = A.mean(1)  # (N, D, H, W)
+        v = _solve_normal(_gram(A), m.unsqueeze(1), eps, ridge)  # (N, 1, D, H, W)
+        if remove:
+            return -((A - m.unsqueeze(1)) * v).sum(2)  # (N, T, H, W)
         return 1.0 / T - (A * v).sum(2)  # (N, T, H, W)
 
 
@@ -401,10 +486,9 @@ def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
     """Eq. 3: pairwise frame similarities at every position.
 
     feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2): the Gram matrix of the T feature vectors
-    divided by C', upper triangle without the diagonal, row-major (t1 < t2).
+    divided by C', upper triangle without the diagonal, row-major (t1 < t2).  This is the
+    reference; :func:`dynapp.kernels.pwtp_cpu.relation_descriptor` is the fused CPU version.
     """
-    if feat.device.type == "cpu" and feat.dtype in (torch.float32, torch.float64) and pwtp_cpu.enabled():
-        return pwtp_cpu.relation_descriptor(feat)  # fused kernel, (N, h, w, P) contiguous
     u = _PairwiseSimilarity.apply(feat) / feat.shape[1]  # (N, P, h, w)
     return u.permute(0, 2, 3, 1)
 
@@ -452,6 +536,82 @@ class _Bottleneck(nn.Module):
         return h + F.gelu(self.up(F.gelu(self.down(self.norm(h)))))
 
 
+# ----------------------------------------------------------------------------------------------
+# Which code runs: one switch, PWTP(impl=...), and one rule, choose_impl.
+
+IMPLS = ("auto", "reference", "cpu_fused")
+
+
+class PWTPImpl(NamedTuple):
+    """What a PWTP forward ran (``PWTP.last_impl``), each "reference" (the PyTorch code of this
+    file) or "cpu_fused" (:mod:`dynapp.kernels.pwtp_cpu`).
+
+    relation:   the relation descriptor, Eq. 3.
+    projection: the projection, DA and ENoPR, Eq. 1 and 5-7.
+    """
+
+    relation: str
+    projection: str
+
+
+def _kernel_blocker(x: torch.Tensor) -> str | None:
+    """Why the CPU kernel cannot read this clip at all, or None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return f"the clip is {x.dtype} on {x.device.type}; the kernel takes float32/float64 CPU tensors"
+    if not pwtp_cpu.available():  # builds the kernel on first use
+        return "the fused CPU kernel is not available (no C++ compiler, or DYNAPP_NO_KERNEL=1)"
+    return None
+
+
+def _relation_blocker(x: torch.Tensor) -> str | None:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return "CPU autocast is on (conv F's features are in low precision)"
+    return _kernel_blocker(x)
+
+
+def _projection_blocker(x: torch.Tensor, rank: int, residual: bool) -> str | None:
+    if rank != 1:
+        return f"rank D = {rank}; the kernel is for D = 1"
+    if x.requires_grad:
+        return "the clip requires grad; the kernel gives no gradient for the clip"
+    if residual:
+        return "return_residual=True; the kernel never builds the residual"
+    return _kernel_blocker(x)
+
+
+def _resolve(impl: str, blocker: str | None) -> str:
+    if impl == "reference":
+        return "reference"
+    if blocker is None:
+        return "cpu_fused"
+    if impl == "cpu_fused":
+        raise ValueError(f"PWTP(impl='cpu_fused') cannot run: {blocker}")
+    return "reference"
+
+
+def choose_impl(impl: str, x: torch.Tensor, rank: int, residual: bool = False) -> PWTPImpl:
+    """The rule behind ``PWTP(impl=...)``: which code computes Eq. 3 and Eq. 1, 5-7 on clip ``x``.
+
+    * ``"reference"``: the PyTorch code of this file for both (any device and dtype; the oracle
+      of the tests, and what FLOP counting sees op by op).
+    * ``"cpu_fused"``: the fused CPU kernel for both; ValueError naming the reason where it cannot.
+    * ``"auto"`` (default): each part fused where it can run, else the reference.  Eq. 3 is fused
+      when x is a float32/float64 CPU tensor, CPU autocast is off and the kernel is available;
+      Eq. 1, 5-7 when x is a float32/float64 CPU tensor, D = 1, x does not require grad, no
+      residual is asked for and the kernel is available.  The kernel is available when it could
+      be compiled (a C++ compiler, found once per process; a warning otherwise) and the
+      environment variable ``DYNAPP_NO_KERNEL`` is unset, empty or 0.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+    return PWTPImpl(_resolve(impl, _relation_blocker(x) if impl != "reference" else None),
+                    _resolve(impl, _projection_blocker(x, rank, residual) if impl != "reference" else None))
+
+
+# ----------------------------------------------------------------------------------------------
+# The module.
+
+
 class PWTP(nn.Module):
     """Pixel-Wise Temporal Projection: a clip (N, C, T, H, W) -> dynamic appearance (N, C, H, W).
 
@@ -461,6 +621,14 @@ class PWTP(nn.Module):
         kernel_size, stride, channels: k, s and C' of the spatial convolution F (Eq. 2).
         expansion: r, the MLP's first expansion ratio.  bottleneck: beta.  blocks: B.
         in_channels: C of the clip.
+        static: "keep" (the paper's DA, Eq. 6) or "remove" (leak-free DA, not in the paper):
+            subtract (sum of the pixel's temporal weights) x (temporal mean of the clip), so that
+            every pixel's weights sum to zero and a static pixel gives DA = 0 for any A.  ENoPR
+            (Eq. 7-8), ``.static`` and ``.residual`` are properties of the projection and do not
+            change.
+        impl: which code runs, "auto" (default), "reference" or "cpu_fused"; the rule is
+            :func:`choose_impl`.  After each forward ``last_impl`` (a :class:`PWTPImpl`) says
+            what ran.  The implementations agree to rounding.
 
     ``forward(x)`` returns a :class:`PWTPOutput` with ``.dynamic`` and ``.enopr``; pass
     ``return_static=True`` / ``return_residual=True`` for the static appearance and the full
@@ -478,13 +646,22 @@ class PWTP(nn.Module):
         bottleneck: float = 0.25,
         blocks: int = 1,
         in_channels: int = 3,
+        static: str = "keep",
+        impl: str = "auto",
     ):
         super().__init__()
         if frames < 2:
             raise ValueError(f"PWTP needs at least 2 frames per segment, got frames={frames}")
         if not 1 <= rank < frames:
             raise ValueError(f"rank D must satisfy 1 <= D < T={frames}, got rank={rank}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+        if impl == "cpu_fused" and rank != 1:
+            raise ValueError(f"PWTP(impl='cpu_fused') needs rank D = 1 (the kernel's), got rank={rank}")
+        check_static(static)
         self.frames, self.rank, self.in_channels = frames, rank, in_channels
+        self.static, self.impl = static, impl
+        self.last_impl: PWTPImpl | None = None
         pairs = frames * (frames - 1) // 2
         width = max(1, int(round(expansion * pairs)))
         inner = max(1, int(round(bottleneck * width)))
@@ -497,69 +674,84 @@ class PWTP(nn.Module):
         self.blocks = nn.Sequential(*[_Bottleneck(width, inner) for _ in range(blocks)])
         self.head = nn.Linear(width, frames * rank)
 
-    def _check(self, x: torch.Tensor, segments: int = 1) -> None:
-        frames = segments * self.frames
-        expected = f"(N, {self.in_channels}, {frames}, H, W)"
-        what = "(N, C, T, H, W)" if segments == 1 else f"(N, C, S*T, H, W) with S={segments}"
-        if segments < 1 or x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != frames:
-            raise ValueError(f"PWTP expects a clip of shape {expected} {what}; got {tuple(x.shape)}")
-
-    def _fold(self, x: torch.Tensor, segments: int) -> torch.Tensor:
-        """(N, C, S*T, ...) -> (N*S, C, T, ...): the segments into the batch (a copy when N, S > 1)."""
-        if segments == 1:
-            return x
-        N, C = x.shape[:2]
-        x = x.unflatten(2, (segments, self.frames)).transpose(1, 2)  # (N, S, C, T, ...)
-        return x.reshape(N * segments, C, self.frames, *x.shape[4:])
-
-    def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
-        self._check(x, segments)
-        T = self.frames
-        # Conv F works frame by frame, so it runs on the clip as it is; only its small output is
-        # folded (N, C', S*T, h, w) -> (N*S, C', T, h, w).
-        feat = self._fold(self.conv(x), segments)
-        u = relation_descriptor(feat)  # (N*S, h, w, P)
-        NS, h, w = u.shape[:3]
-        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*S*h*w, rP)
-        z = self.head(self.blocks(z))  # (N*S*h*w, T*D)
-        z = z.reshape(NS, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N*S, T*D, h, w)
-        return z.to(_working_dtype(x, z))
-
-    def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
-        H, W = x.shape[-2:]
-        z = self.coarse_hyperplanes(x, segments)
-        with torch.autocast(x.device.type, enabled=False):
-            A = upsample_bilinear(z, (H, W))  # (N*S, T*D, H, W)
-        return A.reshape(z.shape[0], self.frames, self.rank, H, W)
+    # The forward: Eq. 2-4 (hyperplanes), then Eq. 1, 5-7 (projection, DA, ENoPR).
 
     def forward(
         self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False, segments: int = 1
     ) -> PWTPOutput:
         """x: (N, C, T, H, W), or (N, C, S*T, H, W) with ``segments=S``: one output per segment
         (N*S of them, in (n, s) order), as if the segments were folded into the batch, without
-        copying the clip on the CPU path."""
-        self._check(x, segments)
-        if not return_residual and pwtp_cpu.supports(x, self.rank):
-            # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
-            W = x.shape[-1]
-            z = self.coarse_hyperplanes(x, segments).contiguous()  # (N*S, T, h, w)
-            with torch.autocast(x.device.type, enabled=False):
-                dt = z.dtype
-                Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
-                zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N*S, T, h, W): one GEMM
-                eps, _ = _regularisers(dt, None, None)
-                clip = x.to(dt)
-                if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
-                    clip = clip.unflatten(2, (segments, self.frames)).transpose(1, 2)
-                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(clip, zc, eps, return_static)
-            return PWTPOutput(da, enopr, static)
-        A = self.hyperplanes(x, segments)
-        x = self._fold(x, segments)
-        da, enopr, static = dynamic_appearance(x, A)
-        residual = x.to(A.dtype) - project(x, A) if return_residual else None
+        copying the clip on the fused CPU path."""
+        split_segments(x, segments, self.frames, self.in_channels)  # the one shape check
+        impl = self.last_impl = choose_impl(self.impl, x, self.rank, return_residual)
+        z = self._coarse(x, segments, impl.relation)  # Eq. 2-4 before the upsampling: (N*S, T*D, h, w)
+        if impl.projection == "cpu_fused":
+            return self._fused_projection(x, z, segments, return_static)
+        A = self._upsample(z, x.shape[-2:])  # Eq. 4: (N*S, T, D, H, W)
+        x = fold_segments(x, segments)  # (N*S, C, T, H, W)
+        da, enopr, static = _dynamic_appearance(x, A, eps=None, ridge=None, remove=self.static == "remove")
+        residual = x.to(A.dtype) - _project(x, A, None, None) if return_residual else None  # Eq. 5
         return PWTPOutput(da, enopr, static if return_static else None, residual)
 
+    def _coarse(self, x: torch.Tensor, segments: int, relation: str) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: z (N*S, T*D, h, w), in float32 or float64."""
+        # Conv F works frame by frame, so it runs on the clip as it is; only its small output is
+        # folded (N, C', S*T, h, w) -> (N*S, C', T, h, w).
+        feat = fold_segments(self.conv(x), segments)  # Eq. 2
+        if relation == "cpu_fused":
+            u = pwtp_cpu.relation_descriptor(feat)  # Eq. 3, (N*S, h, w, P)
+        else:
+            u = relation_descriptor(feat)
+        NS, h, w = u.shape[:3]
+        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # Eq. 4, the MLP: (N*S*h*w, rP)
+        z = self.head(self.blocks(z))  # (N*S*h*w, T*D)
+        z = z.reshape(NS, h, w, self.frames * self.rank).permute(0, 3, 1, 2)  # (N*S, T*D, h, w)
+        return z.to(_working_dtype(x, z))
+
+    def _upsample(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Eq. 4's bilinear upsampling: z (N*S, T*D, h, w) -> A (N*S, T, D, H, W)."""
+        H, W = size
+        with torch.autocast(z.device.type, enabled=False):
+            A = upsample_bilinear(z, (H, W))  # (N*S, T*D, H, W)
+        return A.reshape(z.shape[0], self.frames, self.rank, H, W)
+
+    def _fused_projection(self, x: torch.Tensor, z: torch.Tensor, segments: int, return_static: bool) -> PWTPOutput:
+        """Eq. 1, 5-7 in the fused CPU kernel: A is upsampled along W here (one GEMM) and along H
+        inside the kernel, never stored at full size; the kernel reads the segments in place."""
+        z = z.contiguous()  # (N*S, T, h, w)
+        W = x.shape[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            dt = z.dtype
+            Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
+            zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N*S, T, h, W): one GEMM
+            eps, _ = _regularisers(dt, None, None)
+            clip = x.to(dt)
+            if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
+                clip = segment_view(clip, segments)
+            da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(
+                clip, zc, eps, return_static, remove=self.static == "remove", check=False
+            )
+        return PWTPOutput(da, enopr, static)
+
+    # Views of the same computation.
+
+    def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
+        split_segments(x, segments, self.frames, self.in_channels)
+        return self._coarse(x, segments, _resolve(self.impl, _relation_blocker(x)))
+
+    def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
+        return self._upsample(self.coarse_hyperplanes(x, segments), x.shape[-2:])
+
+    def temporal_weights(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """DA as a per-pixel temporal filter of ``x`` (:func:`temporal_weights`), honouring ``static``.
+
+        (N, C, S*T, H, W) -> (N*S, T, H, W): ``DA[c] = sum_t w[t] x[c, t]`` per segment.
+        """
+        return temporal_weights(self.hyperplanes(x, segments), static=self.static)
+
     def extra_repr(self) -> str:
-        return f"frames={self.frames}, rank={self.rank}"
+        extra = "" if self.static == "keep" else f", static={self.static!r}"
+        extra += "" if self.impl == "auto" else f", impl={self.impl!r}"
+        return f"frames={self.frames}, rank={self.rank}{extra}"

@@ -164,8 +164,9 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
                        strategy: str = "mgda", alpha: float = 0.5, rank: int | None = None) -> dict:
     """Train ``small2d`` on input ``rep`` with the project's training loop, then evaluate it."""
     from dynapp.apps.flops import model_flops
-    from dynapp.model import build_model
+    from dynapp.config import CheckpointConfig, JointConfig, LogConfig, OptimConfig
     from dynapp.engine.train import train
+    from dynapp.model import build_model
 
     rep_kwargs = {"rank": rank or cfg.rank} if rep == "pwtp" else {}
     bb_kwargs = {"widths": tuple(cfg.widths)}
@@ -174,10 +175,12 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
                         frames=cfg.frames, dropout=0.0, representation_kwargs=rep_kwargs, backbone_kwargs=bb_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    train(model=model, train_dataset=train_set, val_dataset=None, out_dir=out_dir, epochs=cfg.epochs,
-          batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4, warmup_epochs=min(1.0, cfg.epochs / 4),
-          label_smoothing=0.1, strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
-          num_workers=0, save_checkpoints=False, csv_log=True, tensorboard=False, progress=False, seed=seed)
+    train(model, train_set, None, seed=seed, num_workers=0,
+          optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
+                            warmup_epochs=min(1.0, cfg.epochs / 4), label_smoothing=0.1),
+          joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4)),
+          log=LogConfig(out_dir=str(out_dir), csv=True, tensorboard=False, progress=False),
+          checkpoint=CheckpointConfig(enabled=False))
     train_s = time.perf_counter() - tic
     pred, label, enopr = _predict(model, test_set)
     k = cfg.num_classes

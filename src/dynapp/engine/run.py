@@ -17,13 +17,13 @@ from torch.utils.data import Dataset
 from dynapp.config import apply_overrides, config_from_dict, config_to_dict
 from dynapp.data import build_dataset
 from dynapp.data.noise import RandomClips
-from dynapp.engine.checkpoint import load_checkpoint
+from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
 from dynapp.engine.train import train
 from dynapp.model import build_model
 
-__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from"]
+__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
 
 
 def _num_classes(dataset: Any, configured: int) -> int:
@@ -35,6 +35,14 @@ def _num_classes(dataset: Any, configured: int) -> int:
     if hasattr(dataset, "classes"):
         return len(dataset.classes)
     raise ValueError("data.num_classes is 0 and the dataset does not say how many classes it has: set data.num_classes")
+
+
+def class_names(dataset: Any) -> list[str] | None:
+    """The class names of a dataset (``dataset.classes``, a list of strings), or None if it has none."""
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    return None
 
 
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
@@ -63,10 +71,10 @@ def init_model_from(model: nn.Module, path: str | Path) -> list[str]:
     PWTP included; the rest (the classifier when the class count differs) keeps its fresh
     initialisation.  Returns the names that were not loaded.
     """
-    ck = load_checkpoint(path)
-    state = ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
+    try:
+        state = model_state_dict(load_checkpoint(path))
+    except ValueError:
+        raise ValueError(f"{path} holds no state dict") from None
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     if not usable:
@@ -102,19 +110,12 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         if m.init_from and not resume:
             init_model_from(model, m.init_from)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
+        classes = class_names(train_set)
         result = train(
-            model=model, train_dataset=train_set, val_dataset=val_set, out_dir=cfg.log.out_dir, epochs=o.epochs,
-            batch_size=o.batch_size, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-            warmup_epochs=o.warmup_epochs, warmup_start_factor=o.warmup_start_factor, min_lr=o.min_lr,
-            label_smoothing=o.label_smoothing, clip_grad_norm=o.clip_grad_norm, classifier_lr_mult=o.classifier_lr_mult,
-            classifier_wd_mult=o.classifier_wd_mult, representation_lr_mult=o.representation_lr_mult,
-            representation_wd_mult=o.representation_wd_mult, freeze_bn=o.freeze_bn, amp=o.amp,
-            accumulation_steps=o.accumulation_steps, strategy=j.strategy, alpha=j.alpha, gamma=j.gamma, lam=j.lam,
-            separate_epochs=j.separate_epochs, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
-            eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
-            keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
-            progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
-            config=config_to_dict(cfg), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
+            model=model, train_dataset=train_set, val_dataset=val_set, optim=o, joint=j, evaluation=e, log=cfg.log,
+            checkpoint=cfg.checkpoint, num_workers=d.num_workers, seed=cfg.seed, device=info.device,
+            max_steps=cfg.max_steps, resume=resume, faults=cfg.debug,
+            meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
         return result
     finally:

@@ -1,4 +1,4 @@
-// Fused CPU kernels of the rank-one (D = 1) dynamic appearance, for dynapp/pwtp_cpu.py.
+// Fused CPU kernels of the rank-one (D = 1) dynamic appearance, for dynapp/kernels/pwtp_cpu.py.
 //
 // Plain C ABI (called through ctypes, no Python or torch headers, so it builds in about two
 // seconds with the system compiler).  One call does the whole per-pixel arithmetic of
@@ -9,11 +9,15 @@
 //   forward:  a_t  = (1 - lam) zc[t, i0] + lam zc[t, i1]   (zc = z U_w^T: A upsampled along W only)
 //             B_c  = sum_t a_t x_ct,  S_c = sum_t x_ct,  aa = sum_t a_t^2,  m = mean_t a_t
 //             y_c  = B_c / (aa + eps),  da_c = S_c / T - m y_c  (static_c = m y_c)
+//             leak-free (remove): da_c = f S_c - m y_c with f = m^2 / (aa + eps), i.e. minus
+//             (sum of the temporal weights) x (mean_t x): the pixel's weights then sum to zero
 //             per image row: sum x^2 and sum_c y_c^2 (aa + 2 eps), in double (for ENoPR)
 //   backward: u_c = g_static_c - g_da_c,  gB_c = (m u_c + 2 ge (aa + 2 eps) y_c) / (aa + eps),
 //             g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps),
 //             grad_a_t = sum_c gB_c x_ct + 2 a_t g_aa + yu / T, accumulated back onto zc
 //             (the formulas of _RankOneDA.backward; ge = d loss / d explained).
+//             remove: with q = sum_c g_da_c S_c, g_aa gets -f q / (aa + eps) and yu gets
+//             2 m q / (aa + eps) (the derivatives of f S_c).
 //
 // The same library holds the relation descriptor of Eq. 3 (the Gram features of conv F's
 // output), forward and backward, at the end of this file.
@@ -163,17 +167,18 @@ inline void prefetch_ahead(const T* p) {
 template <typename T>
 struct Scratch {
     std::vector<T> buf;
-    T *a, *aa, *m, *inv, *v0, *v1, *gB, *ga;
-    // The forward uses a, aa, m, inv, v0 and v1; the backward also gB and ga.
+    T *a, *aa, *m, *inv, *v0, *v1, *v2, *gB, *ga;
+    // The forward uses a, aa, m, inv, v0 and v1; the backward also v2, gB and ga.
     Scratch(int64_t Tn, int64_t C, int64_t Lmax, bool backward)
-        : buf((Tn + 5 + (backward ? C + Tn : 0)) * Lmax) {
+        : buf((Tn + 5 + (backward ? 1 + C + Tn : 0)) * Lmax) {
         a = buf.data();      // (T, L) A
         aa = a + Tn * Lmax;  // (L,) sum_t a^2
         m = aa + Lmax;       // (L,) mean_t a
         inv = m + Lmax;      // (L,) 1 / (aa + eps)
         v0 = inv + Lmax;     // (L,) forward: sum x^2; backward: yu
         v1 = v0 + Lmax;      // (L,) forward: sum y^2 (aa + 2 eps); backward: yy, then g_aa
-        gB = backward ? v1 + Lmax : nullptr;  // (C, L)
+        v2 = backward ? v1 + Lmax : nullptr;  // (L,) backward: q = sum_c g_da S (leak-free DA)
+        gB = backward ? v2 + Lmax : nullptr;  // (C, L)
         ga = backward ? gB + C * Lmax : nullptr;  // (T, W): grad A of one row
     }
 };
@@ -184,7 +189,7 @@ struct Scratch {
 template <typename T, int K>
 inline void forward_block(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict a, int64_t L,
                           const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps,
-                          T* __restrict dc, T* __restrict sc, T* __restrict sq, T* __restrict ex) {
+                          bool remove, T* __restrict dc, T* __restrict sc, T* __restrict sq, T* __restrict ex) {
     const T invT = T(1) / T(Tn);
     T S[K] = {}, B[K] = {}, q[K];
     for (int k = 0; k < K; ++k) q[k] = sq[k];
@@ -202,16 +207,19 @@ inline void forward_block(const T* __restrict xc, int64_t st, int64_t Tn, const 
     for (int k = 0; k < K; ++k) {
         sq[k] = q[k];
         B[k] *= inv[k];  // now y
-        dc[k] = S[k] * invT - m[k] * B[k];
         ex[k] += B[k] * B[k] * (aa[k] + T(2) * eps);
     }
+    if (remove)
+        for (int k = 0; k < K; ++k) dc[k] = S[k] * (m[k] * m[k] * inv[k]) - m[k] * B[k];
+    else
+        for (int k = 0; k < K; ++k) dc[k] = S[k] * invT - m[k] * B[k];
     if (sc)
         for (int k = 0; k < K; ++k) sc[k] = m[k] * B[k];
 }
 
 template <typename T>
 void forward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
-                   T* __restrict da, T* __restrict stat, double* __restrict xx_rows,
+                   bool remove, T* __restrict da, T* __restrict stat, double* __restrict xx_rows,
                    double* __restrict expl_rows, int64_t u0, int64_t u1) {
     const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W;
     Scratch<T> s(Tn, C, g.R * W, false);
@@ -225,7 +233,7 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&](auto width, int64_t X0) {
                 constexpr int K = decltype(width)::value;
-                forward_block<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, da + o + X0,
+                forward_block<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, remove, da + o + X0,
                                     stat ? stat + o + X0 : nullptr, s.v0 + X0, s.v1 + X0);
             });
         }
@@ -258,18 +266,23 @@ void forward_units(const T* __restrict x, const T* __restrict zc, const T* __res
 // Backward, first pass, channel c of K pixels: y_c is recomputed from the clip (not saved by the
 // forward), u_c = g_static_c - g_da_c, yu += y_c u_c, yy += y_c^2, and
 // gB_c = (m u_c + 2 ge (aa + 2 eps) y_c) / (aa + eps) is stored for the second pass.
-template <typename T, int K>
+// Remove (leak-free DA) also recomputes S_c = sum_t x_ct and accumulates q += g_da_c S_c.
+template <typename T, int K, bool Remove>
 inline void backward_block1(const T* __restrict xc, int64_t st, int64_t Tn, const T* __restrict a, int64_t L,
                             const T* __restrict inv, const T* __restrict m, const T* __restrict aa, T eps, T ge,
                             const T* __restrict gd, const T* __restrict gs, T* __restrict yu, T* __restrict yy,
-                            T* __restrict gb) {
-    T yc[K] = {};
+                            T* __restrict gb, T* __restrict q) {
+    T yc[K] = {}, S[K] = {};
     for (int64_t t = 0; t < Tn; ++t) {
         const T* __restrict xr = xc + t * st;
         const T* __restrict at = a + t * L;
         prefetch_ahead<T, K>(xr);
         for (int k = 0; k < K; ++k) yc[k] += at[k] * xr[k];
+        if constexpr (Remove)
+            for (int k = 0; k < K; ++k) S[k] += xr[k];
     }
+    if constexpr (Remove)
+        for (int k = 0; k < K; ++k) q[k] += gd[k] * S[k];
     for (int k = 0; k < K; ++k) {
         yc[k] *= inv[k];
         const T u = (gs ? gs[k] : T(0)) - gd[k];
@@ -318,12 +331,13 @@ inline void backward_block2(const T* __restrict xc, int64_t st, int64_t Tn, cons
 // Units k * stride + phase for k in [k0, k1).
 template <typename T>
 void backward_units(const T* __restrict x, const T* __restrict zc, const T* __restrict lam, const Geometry& g, T eps,
-                    const T* __restrict g_da, const T* __restrict g_stat, const T* __restrict g_expl,
+                    bool remove, const T* __restrict g_da, const T* __restrict g_stat, const T* __restrict g_expl,
                     T* __restrict g_zc, int64_t stride, int64_t phase, int64_t k0, int64_t k1) {
     const int64_t C = g.C, Tn = g.T, H = g.H, W = g.W, P = g.H * g.W, Lmax = g.R * W;
     Scratch<T> s(Tn, C, Lmax, true);
     T* yu = s.v0;
     T* yy = s.v1;
+    T* q = s.v2;
     T* ga = s.ga;
     const T invT = T(1) / T(Tn);
     for (int64_t k = k0; k < k1; ++k) {
@@ -332,22 +346,33 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
         const int64_t rows = h0 + g.R <= H ? g.R : H - h0, L = rows * W;
         const T ge = g_expl[n];
         unit_hyperplanes(zc, lam, g, n, h0, rows, L, eps, s.a, s.aa, s.m, s.inv);
-        for (int64_t X = 0; X < L; ++X) yu[X] = yy[X] = T(0);
+        for (int64_t X = 0; X < L; ++X) yu[X] = yy[X] = q[X] = T(0);
         for (int64_t c = 0; c < C; ++c) {
             const T* xc = x + g.sample(n) + c * g.sc + h0 * W;
             const int64_t o = (n * C + c) * P + h0 * W;
             blocks_of(L, [&](auto width, int64_t X0) {
                 constexpr int K = decltype(width)::value;
-                backward_block1<T, K>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps, ge,
-                                      g_da + o + X0, g_stat ? g_stat + o + X0 : nullptr, yu + X0, yy + X0,
-                                      s.gB + c * Lmax + X0);
+                const T* gs = g_stat ? g_stat + o + X0 : nullptr;
+                if (remove)
+                    backward_block1<T, K, true>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps,
+                                                ge, g_da + o + X0, gs, yu + X0, yy + X0, s.gB + c * Lmax + X0, q + X0);
+                else
+                    backward_block1<T, K, false>(xc + X0, g.st, Tn, s.a + X0, L, s.inv + X0, s.m + X0, s.aa + X0, eps,
+                                                 ge, g_da + o + X0, gs, yu + X0, yy + X0, s.gB + c * Lmax + X0, q + X0);
             });
         }
         // g_aa = -(m yu + ge (aa + 3 eps) yy) / (aa + eps), kept in yy; yu / T kept in yu.
-        for (int64_t X = 0; X < L; ++X) {
-            yy[X] = -(s.m[X] * yu[X] + ge * (s.aa[X] + T(3) * eps) * yy[X]) * s.inv[X];
-            yu[X] *= invT;
-        }
+        if (remove)  // plus the derivatives of f S_c, f = m^2 / (aa + eps)
+            for (int64_t X = 0; X < L; ++X) {
+                const T fq = s.m[X] * s.m[X] * s.inv[X] * q[X];
+                yy[X] = -(s.m[X] * yu[X] + ge * (s.aa[X] + T(3) * eps) * yy[X] + fq) * s.inv[X];
+                yu[X] = (yu[X] + T(2) * s.m[X] * s.inv[X] * q[X]) * invT;
+            }
+        else
+            for (int64_t X = 0; X < L; ++X) {
+                yy[X] = -(s.m[X] * yu[X] + ge * (s.aa[X] + T(3) * eps) * yy[X]) * s.inv[X];
+                yu[X] *= invT;
+            }
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t row = h0 + r, o = r * W;
             T* gz = g_zc + n * Tn * g.h * W;
@@ -369,11 +394,11 @@ void backward_units(const T* __restrict x, const T* __restrict zc, const T* __re
 template <typename T>
 void forward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st, const T* zc, const int32_t* i0,
              const int32_t* i1, const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps,
-             T* da, T* stat, double* res_sq, T* enopr, int threads) {
+             bool remove, T* da, T* stat, double* res_sq, T* enopr, int threads) {
     const Geometry g{N, C, Tn, H, W, h, sN, S, sS, sc, st, i0, i1, rows_per_unit(H, W)};
     std::vector<double> xx_rows(N * H), expl_rows(N * H);
     parallel_ranges(g.units(), threads, [&](int64_t u0, int64_t u1) {
-        forward_units<T>(x, zc, lam, g, eps, da, stat, xx_rows.data(), expl_rows.data(), u0, u1);
+        forward_units<T>(x, zc, lam, g, eps, remove, da, stat, xx_rows.data(), expl_rows.data(), u0, u1);
     });
     for (int64_t n = 0; n < N; ++n) {
         double sx = 0.0, se = 0.0;
@@ -390,17 +415,17 @@ void forward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t 
 template <typename T>
 void backward(const T* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st, const T* zc, const int32_t* i0,
               const int32_t* i1, const T* lam, int64_t N, int64_t C, int64_t Tn, int64_t H, int64_t W, int64_t h, T eps,
-              const T* g_da, const T* g_stat, const T* g_expl, T* g_zc, int threads) {
+              bool remove, const T* g_da, const T* g_stat, const T* g_expl, T* g_zc, int threads) {
     const Geometry g{N, C, Tn, H, W, h, sN, S, sS, sc, st, i0, i1, backward_rows_per_unit(H, W, h)};
     // The phase order is kept with one thread too, so the rounding does not depend on threads.
     const int64_t units = g.units(), p = g.phases();
     if (p == 0) {
-        backward_units<T>(x, zc, lam, g, eps, g_da, g_stat, g_expl, g_zc, 1, 0, 0, units);
+        backward_units<T>(x, zc, lam, g, eps, remove, g_da, g_stat, g_expl, g_zc, 1, 0, 0, units);
         return;
     }
     for (int64_t phase = 0; phase < p; ++phase)
         parallel_ranges((units - phase + p - 1) / p, threads, [&](int64_t k0, int64_t k1) {
-            backward_units<T>(x, zc, lam, g, eps, g_da, g_stat, g_expl, g_zc, p, phase, k0, k1);
+            backward_units<T>(x, zc, lam, g, eps, remove, g_da, g_stat, g_expl, g_zc, p, phase, k0, k1);
         });
 }
 
@@ -512,36 +537,36 @@ void gram_backward(const T* f, const T* gu, int64_t N, int64_t Cf, int64_t Tn, i
 
 extern "C" {
 
-int dynapp_pwtp_abi_version() { return 7; }
+int dynapp_pwtp_abi_version() { return 8; }
 
 // x: sample n (of N = clips * S) at x + (n / S) * sN + (n % S) * sS, channel stride sc, frame stride st.
 void dynapp_da1_forward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                             const float* zc, const int32_t* i0, const int32_t* i1, const float* lam, int64_t N,
-                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, float* da, float* stat,
+                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, int remove, float* da, float* stat,
                             double* res_sq, float* enopr, int threads) {
-    forward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, res_sq, enopr, threads);
+    forward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, remove != 0, da, stat, res_sq, enopr, threads);
 }
 
 void dynapp_da1_forward_f64(const double* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                             const double* zc, const int32_t* i0, const int32_t* i1, const double* lam, int64_t N,
-                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, double* da,
+                            int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, int remove, double* da,
                             double* stat, double* res_sq, double* enopr, int threads) {
-    forward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, da, stat, res_sq, enopr, threads);
+    forward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, remove != 0, da, stat, res_sq, enopr, threads);
 }
 
 void dynapp_da1_backward_f32(const float* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                              const float* zc, const int32_t* i0, const int32_t* i1, const float* lam, int64_t N,
-                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, const float* g_da,
+                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, float eps, int remove, const float* g_da,
                              const float* g_stat, const float* g_expl, float* g_zc, int threads) {
-    backward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc,
+    backward<float>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, remove != 0, g_da, g_stat, g_expl, g_zc,
                     threads);
 }
 
 void dynapp_da1_backward_f64(const double* x, int64_t sN, int64_t S, int64_t sS, int64_t sc, int64_t st,
                              const double* zc, const int32_t* i0, const int32_t* i1, const double* lam, int64_t N,
-                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, const double* g_da,
+                             int64_t C, int64_t T, int64_t H, int64_t W, int64_t h, double eps, int remove, const double* g_da,
                              const double* g_stat, const double* g_expl, double* g_zc, int threads) {
-    backward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, g_da, g_stat, g_expl, g_zc,
+    backward<double>(x, sN, S, sS, sc, st, zc, i0, i1, lam, N, C, T, H, W, h, eps, remove != 0, g_da, g_stat, g_expl, g_zc,
                      threads);
 }
 
