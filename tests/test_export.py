@@ -16,6 +16,8 @@ from dynapp.config import config_to_dict, load_config
 from dynapp.engine.checkpoint import save_checkpoint
 from dynapp.model import build_model
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
 # Small versions of the paper's backbones; PWTP (2 segments x 4 frames) in front of each.
 MODELS = {
     "small2d": dict(backbone="small2d", backbone_kwargs={"widths": [8, 16, 16, 16]}),
@@ -84,17 +86,16 @@ def test_pytorch_path_is_exact_and_restores():
     torch.manual_seed(0)
     model = build_model(representation="pwtp", backbone="small2d", num_classes=3, segments=2, frames=4,
                         backbone_kwargs={"widths": [8, 16, 16, 16]}).eval()
+    pwtp = next(m for m in model.modules() if isinstance(m, pwtp_module.PWTP))
     clip = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
-        with pytorch_path():
+        with pytorch_path(model):
             inlined = model(clip).logits
-            assert "apply" in vars(pwtp_module._RankOneDA)
-        assert "apply" not in vars(pwtp_module._RankOneDA)  # Function.apply again
-        from dynapp import pwtp_cpu
-
-        with pwtp_cpu.disabled():
-            eager = model(clip).logits
-    torch.testing.assert_close(inlined, eager, rtol=0, atol=0)
+            assert pwtp.last_impl == ("reference", "reference") and "apply" in vars(pwtp_module._RankOneDA)
+        assert pwtp.impl == "auto" and "apply" not in vars(pwtp_module._RankOneDA)  # all as it was
+        pwtp.impl = "reference"
+        reference = model(clip).logits
+    torch.testing.assert_close(inlined, reference, rtol=0, atol=0)
 
 
 def test_cli_export(tmp_path):

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dynapp import pwtp as _pwtp
-from dynapp import pwtp_cpu
 from dynapp.apps.inference import Recognizer
 
 __all__ = ["FORMATS", "pytorch_path", "random_clip", "export_model", "run_exported", "export_and_check"]
@@ -62,14 +62,22 @@ def _inline_autograd_functions(module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def pytorch_path() -> Iterator[None]:
-    """Within this context PWTP runs its exportable PyTorch path (no fused kernel, traceable).
+def pytorch_path(model: nn.Module) -> Iterator[None]:
+    """Within this context every PWTP of ``model`` runs its exportable PyTorch path.
 
-    The one switch export uses; when PWTP has its own switch for a reference path, only this
-    function changes.
+    ``PWTP(impl="reference")`` (the fused CPU kernel is a C++ library no exporter can see), with
+    the reference path's autograd Functions inlined; the one switch export uses.
     """
-    with pwtp_cpu.disabled(), _inline_autograd_functions(_pwtp):
-        yield
+    modules = [m for m in model.modules() if isinstance(m, _pwtp.PWTP)]
+    previous = [m.impl for m in modules]
+    for m in modules:
+        m.impl = "reference"
+    try:
+        with _inline_autograd_functions(_pwtp):
+            yield
+    finally:
+        for m, impl in zip(modules, previous):
+            m.impl = impl
 
 
 def random_clip(recognizer: Recognizer, batch: int, dtype: str = "uint8", seed: int = 0) -> torch.Tensor:
@@ -91,7 +99,7 @@ def export_model(recognizer: Recognizer, path: str | os.PathLike, *, fmt: str, e
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recognizer = recognizer.eval()
-    with torch.no_grad(), pytorch_path(), warnings.catch_warnings():
+    with torch.no_grad(), pytorch_path(recognizer), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes
         if fmt == "torchscript":
             traced = torch.jit.trace(recognizer, (example,), check_trace=False)

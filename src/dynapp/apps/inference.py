@@ -37,7 +37,7 @@ from dynapp.data.transforms import (
     normalize,
     three_crop,
 )
-from dynapp.engine.checkpoint import CheckpointError, load_checkpoint
+from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, strip_module_prefix
 from dynapp.model import VideoClassifier, build_model
 
 __all__ = ["Recognizer", "load", "preprocessing_from_config", "class_names", "parse_views", "read_views", "ViewsDataset",
@@ -212,10 +212,6 @@ def first_item(batch):
     return batch[0]
 
 
-def _strip_prefix(state: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Recognizer:
     """The model of a ``dynapp train`` checkpoint, in eval mode, with its preprocessing and classes.
 
@@ -231,7 +227,7 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> R
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not ck.get("config"):
         raise CheckpointError(f"{path} is not a dynapp training checkpoint (no model or config)")
-    state = _strip_prefix(ck["model"])
+    state = strip_module_prefix(ck["model"])
     head = state.get("head.weight")
     if head is None:
         raise CheckpointError(f"{path}: the model has no classifier weight 'head.weight'")
