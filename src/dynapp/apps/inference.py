@@ -68,8 +68,8 @@ def preprocessing_from_config(config: dict) -> dict[str, Any]:
     return {
         "segments": d.segments, "frames": d.frames, "sampling": d.sampling, "stride": int(kw.get("stride", 1)),
         "crop_size": e.crop_size or d.crop_size, "scale_size": kw.get("scale_size"), "num_clips": e.clips,
-        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "mean": tuple(kw.get("mean", IMAGENET_MEAN)),
-        "std": tuple(kw.get("std", IMAGENET_STD)), "backend": kw.get("backend", "pyav"),
+        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+        "backend": kw.get("backend", "pyav"),
     }
 
 
