@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+AMP_DTYPES = ("float16", "bfloat16")  # optim.amp_dtype: torch dtypes of autocast on CUDA
+
+
 class ConfigError(ValueError):
     """A bad configuration: unknown key or bad value (one-line message)."""
 
@@ -72,6 +75,8 @@ class ModelConfig:
     init_from: str | None = None  # a dynapp checkpoint whose matching weights start the whole model (fine-tuning)
     representation_kwargs: dict = field(default_factory=dict)
     backbone_kwargs: dict = field(default_factory=dict)
+    channels_last: bool = False  # convolution weights (so activations) in channels-last memory format (GPU)
+    compile: bool = False  # torch.compile the backbone (nn.Module.compile: state-dict keys unchanged)
 
 
 @dataclass
@@ -93,6 +98,7 @@ class OptimConfig:
     representation_wd_mult: float = 1.0
     freeze_bn: bool = False  # freeze every BatchNorm of the backbone except the first (fine-tuning)
     amp: bool = True  # mixed precision; only ever used on CUDA
+    amp_dtype: str = "float16"  # float16 (with a GradScaler) | bfloat16 (no scaler needed)
 
 
 @dataclass
@@ -330,6 +336,7 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= o.min_lr <= o.lr, f"optim.min_lr: must be in [0, lr], got {o.min_lr}")
     _check(0.0 <= o.label_smoothing < 1.0, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
     _check(o.clip_grad_norm >= 0, f"optim.clip_grad_norm: must be >= 0 (0 disables), got {o.clip_grad_norm}")
+    _check(o.amp_dtype in AMP_DTYPES, f"optim.amp_dtype: expected {', '.join(AMP_DTYPES)}, got {o.amp_dtype!r}")
     for name in ("classifier_lr_mult", "classifier_wd_mult", "representation_lr_mult", "representation_wd_mult"):
         _check(getattr(o, name) >= 0, f"optim.{name}: must be >= 0, got {getattr(o, name)}")
     _check(j.strategy in STRATEGIES, f"joint.strategy: expected {', '.join(STRATEGIES)}, got {j.strategy!r}")

@@ -21,7 +21,7 @@ from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
 from dynapp.engine.preempt import Preempted
-from dynapp.engine.train import train
+from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
 __all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
@@ -113,6 +113,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
                             backbone_kwargs=dict(m.backbone_kwargs))
         if m.init_from and not resume:
             init_model_from(model, m.init_from)
+        prepare_model(model, channels_last=m.channels_last, compile=m.compile)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
         classes = class_names(train_set)
         result = train(
@@ -172,7 +173,7 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
             model.load_state_dict(ck["model"])
             model.to(info.device)
             result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
-                              amp=cfg.optim.amp and info.device.type == "cuda")
+                              amp=cfg.optim.amp and cfg.optim.amp_dtype == "float16" and info.device.type == "cuda")
             result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
                           dataset=d.dataset, split=d.split)
             results.append(result)

@@ -51,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dynapp.config import (
+    AMP_DTYPES,
     CheckpointConfig,
     DebugConfig,
     EvalConfig,
@@ -81,6 +82,8 @@ __all__ = [
     "freeze_batchnorm",
     "set_train_mode",
     "build_optimizer",
+    "autocast_dtype",
+    "prepare_model",
     "train_one_epoch",
     "train",
 ]
@@ -113,7 +116,7 @@ class Loop:
     accumulation_steps: int = 1
     clip_grad_norm: float = 0.0  # 0: no clipping
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,6 +212,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
     net = loop.model if phase.run_backbone else loop.representation  # separate: PWTP alone on ENoPR
     params = [p for g in loop.optimizer.param_groups for p in g["params"]]
     accumulation = loop.accumulation_steps
+    amp = loop.amp_dtype is not None  # CUDA mixed precision
     stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
     micro = 0
     tic = time.perf_counter()
@@ -220,7 +224,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         last_micro = micro + 1 == accumulation
         no_sync = isinstance(net, DistributedDataParallel) and not last_micro
         with net.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(loop.device.type, dtype=torch.float16, enabled=loop.amp):
+            with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
                 out = net(clip)
                 logits = out.logits if phase.run_backbone else None
                 rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
@@ -241,7 +245,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         loop.scaler.unscale_(loop.optimizer)
         max_norm = loop.clip_grad_norm if loop.clip_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not loop.amp and not math.isfinite(grad_norm):
+        if not loop.scaler.is_enabled() and not math.isfinite(grad_norm):  # (a float16 scaler skips the step)
             raise NonFiniteLossError(
                 f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
                 f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
@@ -354,8 +358,8 @@ def train(
                               **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
     frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
     optimizer = build_optimizer(model, optim)
-    amp = optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bfloat16 needs no scaling
     checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=optimizer, scaler=scaler,
                                  enabled=checkpoint.enabled, meta={"total_steps": total_steps, **(meta or {})})
     state = _resume(checkpoints, total_steps) if resume else _fresh(checkpoints)
@@ -365,7 +369,7 @@ def train(
         criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step), optimizer=optimizer,
         scaler=scaler, strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch),
         steps_per_epoch=steps_per_epoch, accumulation_steps=optim.accumulation_steps,
-        clip_grad_norm=optim.clip_grad_norm, device=device, amp=amp)
+        clip_grad_norm=optim.clip_grad_norm, device=device, amp_dtype=amp_dtype)
 
     def save(epoch_file: bool = False) -> None:  # collective
         path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
@@ -381,7 +385,7 @@ def train(
 
     def validate() -> dict:
         result = evaluate(model, val_dataset, device=device, batch_size=evaluation.batch_size,
-                          num_workers=num_workers, amp=amp)
+                          num_workers=num_workers, amp=amp_dtype == torch.float16)
         return {**result, "epoch": state.epoch, "step": state.step}
 
     logger = TrainLogger(out_dir, rank=rank, csv_log=log.csv, tensorboard=log.tensorboard, start_step=state.step,
@@ -421,6 +425,33 @@ def train(
         stop.restore()
         logger.close()
     return result
+
+
+def autocast_dtype(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: ``amp_dtype`` ("float16" | "bfloat16") on CUDA, None (full
+    precision) without ``amp`` or off CUDA.  bfloat16 on a GPU without it is a one-line error."""
+    if not amp or device.type != "cuda":
+        return None
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("optim.amp_dtype=bfloat16: this GPU has no bfloat16; use float16")
+    return getattr(torch, amp_dtype)
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """GPU options of a model, in place: ``channels_last`` puts every 4-D weight in
+    ``torch.channels_last`` and every 5-D one in ``torch.channels_last_3d`` (convolutions then
+    run, and return, channels-last); ``compile`` compiles the backbone (``nn.Module.compile``, so
+    the state-dict keys stay the same and PWTP's own backward for MGDA is untouched)."""
+    if channels_last:
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.dim() in formats:
+                t.data = t.data.contiguous(memory_format=formats[t.dim()])
+    if compile:
+        model.backbone.compile()
+    return model
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
