@@ -363,18 +363,21 @@ def train(
     checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=optimizer, scaler=scaler,
                                  enabled=checkpoint.enabled, meta={"total_steps": total_steps, **(meta or {})})
     state = _resume(checkpoints, total_steps) if resume else _fresh(checkpoints)
-    alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate: PWTP on its own
+    pwtp_alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate's first phase
     loop = Loop(
-        model=_ddp(model, device), representation=_ddp(model.representation, device) if alone else model.representation,
-        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step), optimizer=optimizer,
-        scaler=scaler, strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch),
-        steps_per_epoch=steps_per_epoch, accumulation_steps=optim.accumulation_steps,
-        clip_grad_norm=optim.clip_grad_norm, device=device, amp_dtype=amp_dtype)
+        model=_ddp(model, device),
+        representation=_ddp(model.representation, device) if pwtp_alone else model.representation,
+        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step),
+        optimizer=optimizer, scaler=scaler, strategy=strategy,
+        lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+        accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm,
+        device=device, amp_dtype=amp_dtype)
 
     def save(epoch_file: bool = False) -> None:  # collective
         path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
                                 epoch_file=epoch_file)
-        state.last_checkpoint = str(path) if path is not None else state.last_checkpoint
+        if path is not None:
+            state.last_checkpoint = str(path)
 
     def after_step() -> bool:  # after every optimiser step; True stops the run
         if faults.sleep_per_step > 0:
