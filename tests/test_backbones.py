@@ -324,8 +324,47 @@ def test_wrong_channels_or_frames_give_clear_error(name):
         net(torch.randn(3, 4, 32, 32))
 
 
+def test_small_tsm_is_small2d_with_the_shift_before_every_conv_but_the_first():
+    torch.manual_seed(0)
+    tsm = build_backbone("small_tsm", num_segments=4, widths=(16, 16, 32, 32)).eval()
+    plain = build_backbone("small2d", num_segments=4, widths=(16, 16, 32, 32)).eval()
+    # no parameters of its own: the same names and shapes as small2d, so small2d weights load
+    assert {k: v.shape for k, v in tsm.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.load_state_dict(tsm.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)  # (N, C, S, H, W)
+    with torch.no_grad():
+        h = x.transpose(1, 2).reshape(8, 3, 32, 32)
+        for i, layer in enumerate(plain.features):  # reference: the naive loop shift of 1/8 each way
+            h = layer(_naive_shift(h, 4, 8) if i > 0 else h)
+        ref = h.mean(dim=(2, 3)).view(2, 4, -1)
+        out = tsm(x)
+    assert out.shape == (2, 4, 32)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, plain(x))
+
+
+def test_small_tsm_relates_segments_and_small2d_does_not(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 32, 32)
+    y = x.clone()
+    y[:, :, 0] += 1.0  # change segment 0 only
+    for name, expect_change in (("small_tsm", True), ("small2d", False)):
+        net = build_backbone(name, num_segments=4).eval()
+        with torch.no_grad():
+            a, b = net(x), net(y)
+        assert not torch.allclose(a[:, 0], b[:, 0])
+        for s in (1, 2, 3):  # three shifting convs reach three segments away; small2d none
+            assert (not torch.allclose(a[:, s], b[:, s])) == expect_change, (name, s)
+    path = tmp_path / "small2d.pth"  # a small2d checkpoint is a small_tsm checkpoint
+    torch.save(build_backbone("small2d", num_segments=4).state_dict(), path)
+    net = build_backbone("small_tsm", num_segments=4, pretrained=str(path))
+    assert torch.equal(net.features[1][0].weight, torch.load(path, weights_only=True)["features.1.0.weight"])
+    with pytest.raises(ValueError, match="shift_div"):
+        build_backbone("small_tsm", num_segments=4, shift_div=0)
+
+
 def test_small_backbones_are_small():
-    for name in ("small2d", "small3d"):
+    for name in ("small2d", "small_tsm", "small3d"):
         n = _params(build_backbone(name, num_segments=2))
         assert 100_000 <= n <= 300_000, (name, n)
 

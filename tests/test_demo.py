@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -21,18 +23,22 @@ def test_demo_quick_writes_the_whole_report(tmp_path):
         assert line in res.output
     files = {p.name for p in out.iterdir()}
     expected = {"results.json", "report.md", "examples.png", "da_frames.png", "curves.png", "alpha.png", "enopr_vs_loss.png",
-                "confusion.png"}
+                "confusion.png", "leakage_vs_accuracy.png"}
     assert expected <= files, files
     report = (out / "report.md").read_text()
     for name in expected - {"results.json", "report.md"}:
         assert f"]({name})" in report  # every figure is embedded
     data = json.loads((out / "results.json").read_text())
     assert data["seeds"] == [0, 1] and data["chance"] == 12.5
+    assert data["config"]["backbone"] == "small_tsm"  # the default: a temporal backbone (the paper's protocol)
+    assert "backbone small_tsm for every input" in report
     rows = {r["input"]: r for r in data["summary"]}
-    assert set(rows) == {"rgb", "rgb_diff", "dynamic_image", "pwtp"}
+    assert set(rows) == set(data["config"]["inputs"]) >= {"rgb", "rgb_diff", "dynamic_image", "pwtp"}
     for r in rows.values():
         for key in ("acc_unbiased", "acc_biased"):
             assert 0.0 <= r[key] <= 100.0 and r[key + "_sd"] is not None
+        for key in ("static_unbiased", "static_biased"):  # static share beside each setting's accuracy
+            assert 0.0 <= r[key] <= 1.0
         assert r["params"] > 0 and r["gflops"] > 0
     assert rows["pwtp"]["enopr"] > 0 and rows["rgb"]["enopr"] is None
     assert abs(rows["rgb"]["weight_sum"] - 1.0) < 1e-5 and rows["rgb_diff"]["static_share"] == 0.0
@@ -56,6 +62,10 @@ def test_demo_bad_option_is_one_line_error(tmp_path):
     assert "unknown optical" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--study", "tables"])
     assert res.exit_code == 1 and "unknown study 'tables'" in res.output
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--study", "joint,tables"])
+    assert res.exit_code == 1 and "unknown study 'tables'" in res.output
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--backbone", "resnet"])
+    assert res.exit_code == 1 and "unknown 'resnet'" in res.output and "small_tsm" in res.output
     assert not (tmp_path / "results.json").exists()  # refused before any training
 
 
@@ -66,13 +76,80 @@ def test_demo_study_joint_runs_every_strategy(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     rows = data["studies"]["joint"]
-    assert [r["strategy"] for r in rows] == ["separate", "constant 0.0", "constant 0.5", "constant 0.9", "mgda",
-                                             "scheduler"]
-    assert all(0.0 <= r["accuracy"] <= 100.0 and r["enopr"] > 0 for r in rows)
+    names = ["separate", "constant 0.0", "constant 0.5", "constant 0.9", "mgda", "mgda l2", "mgda loss", "mgda loss+",
+             "scheduler"]
+    assert [(r["setting"], r["strategy"]) for r in rows] == [(s, n) for s in ("unbiased", "biased") for n in names]
+    assert all(0.0 <= r["accuracy"] <= 100.0 and r["enopr"] > 0 and 0.0 <= r["static_share"] <= 1.0 for r in rows)
+    unbiased = {r["strategy"]: r for r in rows if r["setting"] == "unbiased"}
     # alpha = 0 never trains PWTP on ENoPR; alpha = 0.9 mostly does: its ENoPR ends lower
-    enopr = {r["strategy"]: r["enopr"] for r in rows}
-    assert enopr["constant 0.9"] < enopr["constant 0.0"]
-    assert "## Study: joint" in (out / "report.md").read_text()
+    assert unbiased["constant 0.9"]["enopr"] < unbiased["constant 0.0"]["enopr"]
+    # alpha is logged: the constants are what they say, MGDA's lie in [0, 1]
+    assert unbiased["constant 0.5"]["alpha_mean"] == pytest.approx(0.5)
+    assert unbiased["constant 0.0"]["alpha_end"] == pytest.approx(0.0)
+    for n in ("mgda", "mgda l2", "mgda loss", "mgda loss+"):
+        assert 0.0 <= unbiased[n]["alpha_mean"] <= 1.0 and 0.0 <= unbiased[n]["alpha_end"] <= 1.0
+    for n in ("mgda l2", "mgda loss", "mgda loss+"):  # the normalisation reaches the training loop
+        log = data_log(out, "unbiased", n)
+        assert log != data_log(out, "unbiased", "mgda")
+    report = (out / "report.md").read_text()
+    assert "## Study: joint" in report and "alpha_end" in report
+
+
+def data_log(out, setting, strategy):
+    """The alpha column of one joint-study training's CSV log."""
+    path = out / "study" / "joint" / setting / strategy.replace(" ", "_") / "train_log.csv"
+    with open(path, newline="") as f:
+        return [row["alpha"] for row in csv.DictReader(f)]
+
+
+def test_demo_backbone_option_and_backbones_study(tmp_path):
+    out = tmp_path / "bb"
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--num-train", "16", "--num-test", "16",
+                              "--epochs", "1", "--size", "16", "--inputs", "rgb,pwtp", "--backbone", "small2d",
+                              "--study", "backbones"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["backbone"] == "small2d"
+    run = data["runs"][0]["results"]
+    assert {r["backbone"] for s in run.values() for r in s.values()} == {"small2d"}
+    rows = data["studies"]["backbones"]
+    assert [(r["backbone"], r["input"]) for r in rows] == [(b, i) for b in ("small_tsm", "small2d", "small3d")
+                                                           for i in ("rgb", "pwtp")]
+    for r in rows:
+        assert 0.0 <= r["acc_unbiased"] <= 100.0 and 0.0 <= r["acc_biased"] <= 100.0 and 0.0 <= r["static_biased"] <= 1.0
+        if r["backbone"] == "small2d":  # the demo's own backbone: the main runs' numbers
+            assert r["acc_biased"] == run["biased"][r["input"]]["accuracy"]
+    params = {(r["backbone"], r["input"]): r["params"] for r in rows}
+    assert params[("small_tsm", "rgb")] == params[("small2d", "rgb")]  # the shift has no parameters
+    assert "## Study: backbones" in (out / "report.md").read_text()
+
+
+def test_demo_from_merges_parallel_seeds_and_backbones(tmp_path):
+    tiny = ["--quick", "--num-train", "16", "--num-test", "16", "--epochs", "1", "--size", "16", "--inputs", "rgb,pwtp"]
+    for name, extra in (("both", ["--seeds", "2"]), ("s0", ["--seed", "0"]), ("s1", ["--seed", "1"]),
+                        ("bb", ["--backbone", "small2d"])):
+        res = runner.invoke(app, ["demo", *tiny, "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+    out = tmp_path / "merged"
+    res = runner.invoke(app, ["demo", "--from", f"{tmp_path / 's1'},{tmp_path / 's0'},{tmp_path / 'bb'}", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((out / "results.json").read_text())
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert merged["seeds"] == [0, 1]
+    # separate processes per seed give exactly the numbers of one --seeds 2 run
+    for a, b in zip(merged["summary"], both["summary"]):
+        for key in ("acc_unbiased", "acc_unbiased_sd", "acc_biased", "static_biased", "enopr"):
+            assert a[key] == b[key], (a["input"], key)
+    rows = merged["studies"]["backbones"]
+    assert [(r["backbone"], r["input"]) for r in rows] == [("small_tsm", "rgb"), ("small_tsm", "pwtp"),
+                                                           ("small2d", "rgb"), ("small2d", "pwtp")]
+    bb = json.loads((tmp_path / "bb" / "results.json").read_text())
+    assert rows[3]["acc_biased"] == bb["runs"][0]["results"]["biased"]["pwtp"]["accuracy"]
+    assert {"report.md", "da_frames.png", "leakage_vs_accuracy.png"} <= {p.name for p in out.iterdir()}
+    assert "merged from" in (out / "report.md").read_text()
+    for bad, msg in (([tmp_path / "s0", tmp_path / "both"], "already merged"), ([tmp_path / "nope"], "does not exist")):
+        res = runner.invoke(app, ["demo", "--from", ",".join(map(str, bad)), "--out", str(tmp_path / "x")])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output
 
 
 def test_demo_study_frames_grid(tmp_path):

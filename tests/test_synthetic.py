@@ -63,9 +63,10 @@ def _measured_area(ds, i):
     return (np.abs(a - b).sum(-1) > 30).sum(axis=(1, 2))
 
 
-@pytest.mark.parametrize("shake", [0.0, 1.0])
-def test_each_motion_is_what_its_name_says(shake):
-    ds = _ds(num_videos=32, segments=4, frames=4, shake=shake, flicker=0.05, noise=0.0)
+@pytest.mark.parametrize("shake,movers,scale", [(0.0, 0, (0.09, 0.14)), (1.0, 0, (0.09, 0.14)), (0.0, 2, (0.05, 0.08))])
+def test_each_motion_is_what_its_name_says(shake, movers, scale):
+    ds = _ds(num_videos=32, segments=4, frames=4, shake=shake, flicker=0.05, noise=0.0, moving_distractors=movers,
+             actor_scale=scale)
     for i in range(32):
         name = MOTIONS[ds.label_and_scene(i)[0]]
         c = _measured_centroids(ds, i)
@@ -85,6 +86,39 @@ def test_each_motion_is_what_its_name_says(shake):
             rel = c - c.mean(0)
             cross = rel[:-1, 0] * rel[1:, 1] - rel[:-1, 1] * rel[1:, 0]
             assert (cross.sum() > 0) == (name == "circle_cw"), (name, cross.sum())
+
+
+def test_actor_scale_sets_the_actor_size():
+    small = _ds(num_videos=8, num_classes=4, actor_scale=(0.05, 0.05))
+    large = _ds(num_videos=8, num_classes=4, actor_scale=(0.12, 0.12))
+    for i in (0, 1):  # move_left, move_right: constant size
+        assert np.allclose(small.render(i).size, 0.05 * 32) and np.allclose(large.render(i).size, 0.12 * 32)
+        assert _measured_area(large, i).mean() > 3 * _measured_area(small, i).mean()
+    with pytest.raises(ValueError, match="actor_scale"):
+        _ds(actor_scale=(0.1, 0.05))
+
+
+def test_moving_distractors_sway_without_net_motion_and_ignore_the_class():
+    n = 32  # frames per clip (segments 4 x frames 8)
+    ds = _ds(num_videos=16, segments=4, frames=8, moving_distractors=2, distractors=0)
+    still = _ds(num_videos=16, segments=4, frames=8, moving_distractors=0, distractors=0)
+    for i in range(16):
+        movers = ds._movers(np.random.default_rng([ds.seed, 1, i, 4]), n)
+        assert len(movers) == 2
+        for _, _, x, y, r in movers:
+            path = np.hypot(np.diff(x), np.diff(y)).sum()
+            span = np.hypot(x - x[0], y - y[0]).max()
+            assert path > 2.5 * span > 0  # back and forth: at least one full swing
+            assert (x - r >= -1).all() and (x + r <= 33).all() and (y - r >= -1).all() and (y + r <= 33).all()
+        # the scene without the actor changes over time (the movers), it does not without them
+        bg = ds.render(i, actor=False).frames.astype(np.float32)
+        assert np.abs(bg - bg[0]).max() > 50
+        assert np.array_equal(still.render(i, actor=False).frames[0], still.render(i, actor=False).frames[-1])
+    # the movers come from the clip's own stream, not from its class: item 3 is move_right with
+    # 2 classes and move_down with 4, and its scene and movers are the same
+    a = _ds(num_videos=4, num_classes=2, moving_distractors=1).render(3, actor=False).frames
+    b = _ds(num_videos=4, num_classes=4, moving_distractors=1).render(3, actor=False).frames
+    assert np.array_equal(a, b)
 
 
 def test_test_scenes_are_shared_by_all_classes():

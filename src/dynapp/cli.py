@@ -278,20 +278,27 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="tiny sizes, seconds (smoke use; accuracies mean nothing)"),
     seeds: int = typer.Option(1, "--seeds", help="repeat with seeds seed..seed+N-1; mean and spread"),
     seed: int = typer.Option(0, "--seed", help="first seed (data and weights)"),
-    study: str = typer.Option(None, "--study", help="also run 'joint' (Table 5) or 'frames' (Table 4b) on PWTP"),
+    study: str = typer.Option(None, "--study", help="also run a comma list of 'joint' (Table 5), 'frames' (Table 4b), "
+                              "'backbones' (small_tsm, small2d, small3d)"),
+    backbone: str = typer.Option(None, "--backbone", help="small_tsm (default: temporal, the paper's protocol), small2d, small3d"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core CPU)"),
     inputs: str = typer.Option(None, "--inputs", help="comma list of rgb,rgb_diff,dynamic_image,pwtp"),
     epochs: int = typer.Option(None, "--epochs", help="override the epochs"),
     num_train: int = typer.Option(None, "--num-train", help="override the training clips per setting"),
     num_test: int = typer.Option(None, "--num-test", help="override the test clips"),
     size: int = typer.Option(None, "--size", help="override the frame size in pixels"),
+    from_runs: str = typer.Option(None, "--from", help="comma list of finished demo folders (e.g. one per seed or "
+                                  "backbone): write one report from them into --out, no training"),
 ) -> None:
-    """Same-scene synthetic actions: small2d on RGB, RGB difference, dynamic image and DA; table + report."""
-    from dynapp.apps.demo import demo_config, run_demo
+    """Same-scene synthetic actions: one backbone on RGB, RGB difference, dynamic image, DA and leak-free DA; table + report."""
+    from dynapp.apps.demo import demo_config, merge_reports, run_demo
 
     try:
+        if from_runs:
+            merge_reports([f.strip() for f in from_runs.split(",") if f.strip()], out=out, echo=typer.echo)
+            return
         cfg = demo_config(quick=quick, threads=threads, inputs=inputs, epochs=epochs, num_train=num_train,
-                          num_test=num_test, size=size)
+                          num_test=num_test, size=size, backbone=backbone)
         run_demo(cfg, out=out, seeds=seeds, seed=seed, study=study, echo=typer.echo)
     except (ValueError, OSError) as err:
         typer.echo(f"error: {err}", err=True)

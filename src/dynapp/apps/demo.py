@@ -1,9 +1,12 @@
 """``dynapp demo``: the whole method on one CPU, on generated same-scene actions.
 
 It generates :mod:`dynapp.data.synthetic` clips (the class is the motion; scenes are shared by all
-classes), trains the same small 2D CNN (``small2d``) on four inputs -- one RGB frame per segment,
-RGB differences, dynamic images and dynamic appearance (PWTP trained jointly with MGDA, by the
-project's own training loop ``dynapp.engine.train.train``) -- in two settings:
+classes), trains the same temporal backbone (``small_tsm`` by default: a small 2D CNN with TSM's
+temporal shift, the paper's protocol of a temporal backbone over the S representation frames;
+``--backbone small2d`` or ``small3d``) on five inputs -- one RGB frame per segment, RGB
+differences, dynamic images, dynamic appearance (PWTP trained jointly with MGDA, by the project's
+own training loop ``dynapp.engine.train.train``) and leak-free dynamic appearance
+(``PWTP(static="remove")``: each pixel's temporal weights sum to zero) -- in two settings:
 
 * **unbiased**: training scenes are independent of the class;
 * **scene-biased**: in training a clip's scene comes from its class's group with probability
@@ -23,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,17 +34,25 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DemoConfig", "INPUTS", "demo_config", "run_demo", "train_and_evaluate", "format_table"]
+__all__ = ["DemoConfig", "INPUTS", "BACKBONES", "demo_config", "run_demo", "merge_reports", "train_and_evaluate",
+           "format_table"]
 
-INPUTS = ("rgb", "rgb_diff", "dynamic_image", "pwtp")
+INPUTS = ("rgb", "rgb_diff", "dynamic_image", "pwtp", "pwtp_remove")
+# demo input -> (representation, its fixed keyword arguments)
+_REPRESENTATIONS = {"pwtp_remove": ("pwtp", {"static": "remove"})}
+BACKBONES = ("small_tsm", "small2d", "small3d")
+STUDIES = ("joint", "frames", "backbones")
 SETTINGS = ("unbiased", "biased")
-STRATEGIES = (("separate", 0.0), ("constant", 0.0), ("constant", 0.5), ("constant", 0.9), ("mgda", 0.0),
-              ("scheduler", 0.0))
+# (strategy, alpha, MGDA normalisation): Table 5, Appendix D's scheduler, and MGDA with Sener and
+# Koltun's gradient normalisations (dynapp.joint.gradient_normalizer)
+STRATEGIES = (("separate", 0.0, "none"), ("constant", 0.0, "none"), ("constant", 0.5, "none"),
+              ("constant", 0.9, "none"), ("mgda", 0.0, "none"), ("mgda", 0.0, "l2"), ("mgda", 0.0, "loss"),
+              ("mgda", 0.0, "loss+"), ("scheduler", 0.0, "none"))
 
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (defaults: docs/demo.md, the budget probe)."""
+    """Sizes of the demo (defaults: docs/demo.md, the budget and headroom probe)."""
 
     num_classes: int = 8
     num_scenes: int = 16
@@ -49,7 +61,7 @@ class DemoConfig:
     frames: int = 8
     num_train: int = 960
     num_test: int = 256
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 0.05
     scene_bias: float = 0.8
@@ -57,6 +69,10 @@ class DemoConfig:
     flicker: float = 0.05
     noise: float = 0.02
     distractors: int = 3
+    moving_distractors: int = 1
+    actor_scale: tuple = (0.09, 0.14)
+    speed: tuple = (0.3, 0.6)
+    backbone: str = "small_tsm"
     widths: tuple = (32, 64, 128, 128)
     rank: int = 1
     inputs: tuple = INPUTS
@@ -65,7 +81,7 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
 
-QUICK = dict(num_train=128, num_test=64, epochs=2, size=24, widths=(16, 32, 32, 32))
+QUICK = dict(num_train=96, num_test=48, epochs=2, size=24, widths=(16, 32, 32, 32))
 
 
 def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = None, **overrides) -> DemoConfig:
@@ -73,6 +89,8 @@ def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = N
     cfg = DemoConfig(**QUICK) if quick else DemoConfig()
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
+    if overrides.get("backbone") not in (None, *BACKBONES):
+        raise ValueError(f"--backbone: unknown {overrides['backbone']!r}; choose from {', '.join(BACKBONES)}")
     cfg = replace(cfg, threads=threads, **{k: v for k, v in overrides.items() if v is not None})
     if inputs:
         names = tuple(n.strip() for n in inputs.split(",") if n.strip())
@@ -93,7 +111,30 @@ def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = N
 def _data_kwargs(cfg: DemoConfig, seed: int) -> dict:
     return dict(segments=cfg.segments, frames=cfg.frames, num_classes=cfg.num_classes, num_scenes=cfg.num_scenes,
                 size=cfg.size, shake=cfg.shake, flicker=cfg.flicker, noise=cfg.noise,
-                distractors=cfg.distractors, seed=seed, cache=True)
+                distractors=cfg.distractors, moving_distractors=cfg.moving_distractors,
+                actor_scale=tuple(cfg.actor_scale), speed=tuple(cfg.speed), seed=seed, cache=True)
+
+
+def parse_studies(study: str | None) -> tuple[str, ...]:
+    """``--study``: a comma list of joint, frames, backbones (None or empty: no study)."""
+    names = tuple(n.strip() for n in (study or "").split(",") if n.strip())
+    for n in names:
+        if n not in STUDIES:
+            raise ValueError(f"unknown study {n!r}; choose from {', '.join(STUDIES)}")
+    return names
+
+
+def _representation(cfg: DemoConfig, name: str, rank: int | None = None) -> tuple[str, dict]:
+    """The representation and its keyword arguments behind demo input ``name``."""
+    rep, kwargs = _REPRESENTATIONS.get(name, (name, {}))
+    if rep == "pwtp":
+        kwargs = {"rank": rank or cfg.rank, **kwargs}
+    return rep, kwargs
+
+
+def _backbone_kwargs(cfg: DemoConfig) -> dict:
+    """small2d and small_tsm take the demo's widths; small3d keeps its own (about the same 0.24M parameters)."""
+    return {} if cfg.backbone == "small3d" else {"widths": tuple(cfg.widths)}
 
 
 def build_demo_data(cfg: DemoConfig, seed: int):
@@ -133,7 +174,8 @@ def _predict(model, dataset, batch_size: int = 64):
 def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: int = 64) -> dict:
     """Static share and mean weight sum of the input on ``count`` test clips.
 
-    PWTP: its learned weights (:func:`dynapp.leakage.static_leakage`).  The fixed inputs are
+    PWTP (both inputs): its learned weights (:func:`dynapp.leakage.static_leakage`, which applies
+    the module's ``static`` option).  The fixed inputs are
     linear temporal filters too: RGB is a one-hot weight on the centre frame (weight sum 1), the
     dynamic image's rank-pooling weights and each RGB difference sum to 0 (no leak).
     """
@@ -143,7 +185,7 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
     x = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])  # (N, C, S*T, H, W)
     n, c, _, h, w = x.shape
     seg = x.reshape(n, c, segments, frames, h, w).transpose(1, 2).reshape(n * segments, c, frames, h, w)
-    if rep == "pwtp":
+    if rep in ("pwtp", "pwtp_remove"):
         out = static_leakage(model.representation.pwtp.eval(), x)
     elif rep == "rgb":
         wt = torch.zeros(frames)
@@ -160,39 +202,55 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
     return {"static_share": share if abs(share) > 1e-6 else 0.0, "weight_sum": wsum if abs(wsum) > 1e-6 else 0.0}
 
 
-def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
-                       strategy: str = "mgda", alpha: float = 0.5, rank: int | None = None) -> dict:
-    """Train ``small2d`` on input ``rep`` with the project's training loop, then evaluate it."""
-    from dynapp.apps.flops import model_flops
+def fit(model, train_set, *, cfg: DemoConfig, out_dir: Path, seed: int, strategy: str, alpha: float,
+        normalize: str) -> None:
+    """Train ``model`` with the project's loop (the demo's one call of ``dynapp.engine.train.train``)."""
     from dynapp.config import CheckpointConfig, JointConfig, LogConfig, OptimConfig
     from dynapp.engine.train import train
-    from dynapp.model import build_model
 
-    rep_kwargs = {"rank": rank or cfg.rank} if rep == "pwtp" else {}
-    bb_kwargs = {"widths": tuple(cfg.widths)}
-    torch.manual_seed(seed)
-    model = build_model(representation=rep, backbone="small2d", num_classes=cfg.num_classes, segments=cfg.segments,
-                        frames=cfg.frames, dropout=0.0, representation_kwargs=rep_kwargs, backbone_kwargs=bb_kwargs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter()
     train(model, train_set, None, seed=seed, num_workers=0,
           optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
                             warmup_epochs=min(1.0, cfg.epochs / 4), label_smoothing=0.1),
-          joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4)),
+          joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
+                            normalize=normalize),
           log=LogConfig(out_dir=str(out_dir), csv=True, tensorboard=False, progress=False),
           checkpoint=CheckpointConfig(enabled=False))
+
+
+def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
+                       strategy: str = "mgda", alpha: float = 0.5, normalize: str = "none",
+                       rank: int | None = None) -> dict:
+    """Train ``cfg.backbone`` on demo input ``rep`` with the project's training loop, then evaluate it."""
+    from dynapp.apps.flops import model_flops
+    from dynapp.model import build_model
+
+    representation, rep_kwargs = _representation(cfg, rep, rank)
+    bb_kwargs = _backbone_kwargs(cfg)
+    torch.manual_seed(seed)
+    model = build_model(representation=representation, backbone=cfg.backbone, num_classes=cfg.num_classes,
+                        segments=cfg.segments, frames=cfg.frames, dropout=0.0, representation_kwargs=rep_kwargs,
+                        backbone_kwargs=bb_kwargs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    fit(model, train_set, cfg=cfg, out_dir=out_dir, seed=seed, strategy=strategy, alpha=alpha, normalize=normalize)
     train_s = time.perf_counter() - tic
     pred, label, enopr = _predict(model, test_set)
     k = cfg.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
     confusion.index_put_((label, pred), torch.ones_like(label), accumulate=True)
-    cost = model_flops(representation=rep, backbone="small2d", num_classes=k, segments=cfg.segments,
+    cost = model_flops(representation=representation, backbone=cfg.backbone, num_classes=k, segments=cfg.segments,
                        frames=cfg.frames, crop=cfg.size, representation_kwargs=rep_kwargs, backbone_kwargs=bb_kwargs)
     log = _read_log(out_dir / "train_log.csv")
+    alphas = [r["alpha"] for r in log if not math.isnan(r.get("alpha", math.nan))]
+    tail = alphas[-max(1, len(alphas) // 10):]  # the last tenth of training
+    da = representation == "pwtp"
     result = {
-        "input": rep, "accuracy": 100.0 * float((pred == label).float().mean()), "enopr": enopr,
-        "params": cost.params, "gflops": cost.gflops, "train_s": train_s, "steps": len(log),
-        "confusion": confusion.tolist(), "log": log, "strategy": strategy if rep == "pwtp" else None,
+        "input": rep, "backbone": cfg.backbone, "accuracy": 100.0 * float((pred == label).float().mean()),
+        "enopr": enopr, "params": cost.params, "gflops": cost.gflops, "train_s": train_s, "steps": len(log),
+        "confusion": confusion.tolist(), "log": log, "strategy": strategy if da else None,
+        "normalize": normalize if da and strategy == "mgda" else None,
+        "alpha_mean": statistics.fmean(alphas) if da and alphas else None,
+        "alpha_end": statistics.fmean(tail) if da and alphas else None,
     }
     result.update(input_leakage(model, rep, test_set, cfg.segments, cfg.frames))
     result["_model"] = model
@@ -211,13 +269,13 @@ def _mean_sd(values):
 
 
 def summarise(runs: list[dict], cfg: DemoConfig) -> list[dict]:
-    """One row per input: mean (and spread over seeds) of each setting's accuracy and the costs."""
+    """One row per input: mean (and spread over seeds) of each setting's accuracy and static share, and the costs."""
     rows = []
     for rep in cfg.inputs:
         row = {"input": rep}
         for s in cfg.settings:
-            accs = [r["results"][s][rep]["accuracy"] for r in runs]
-            row[f"acc_{s}"], row[f"acc_{s}_sd"] = _mean_sd(accs)
+            for key, name in (("accuracy", "acc"), ("static_share", "static")):
+                row[f"{name}_{s}"], row[f"{name}_{s}_sd"] = _mean_sd([r["results"][s][rep][key] for r in runs])
         first = cfg.settings[0]
         for key in ("enopr", "static_share", "weight_sum", "train_s"):
             row[key], row[f"{key}_sd"] = _mean_sd([r["results"][first][rep][key] for r in runs])
@@ -235,15 +293,17 @@ def _fmt(v, sd=None, digits=1, seeds=1):
 
 
 def format_table(rows: list[dict], *, chance: float, seeds: int = 1, markdown: bool = False) -> str:
-    """The demo table (text or Markdown)."""
-    head = ["input", "acc unbiased %", "acc scene-biased %", "ENoPR", "static share", "weight sum",
-            "params", "GFLOPs", "train s"]
+    """The demo table (text or Markdown): accuracy and static share side by side per setting."""
+    head = ["input", "acc unbiased %", "static share unbiased", "acc scene-biased %", "static share scene-biased",
+            "ENoPR", "weight sum", "params", "GFLOPs", "train s"]
     body = []
     for r in rows:
         body.append([
             r["input"], _fmt(r.get("acc_unbiased"), r.get("acc_unbiased_sd"), 1, seeds),
+            _fmt(r.get("static_unbiased"), r.get("static_unbiased_sd"), 3, seeds),
             _fmt(r.get("acc_biased"), r.get("acc_biased_sd"), 1, seeds),
-            _fmt(r["enopr"], r["enopr_sd"], 4, seeds), _fmt(r["static_share"], r["static_share_sd"], 3, seeds),
+            _fmt(r.get("static_biased"), r.get("static_biased_sd"), 3, seeds),
+            _fmt(r["enopr"], r["enopr_sd"], 4, seeds),
             _fmt(r["weight_sum"], r["weight_sum_sd"], 4, seeds), f"{r['params']:,}", f"{r['gflops']:.4f}",
             _fmt(r["train_s"], r["train_s_sd"], 0, seeds)])
     if markdown:
@@ -298,21 +358,29 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
         x = torch.stack([test_set[j][0] for j in picks])  # (K, C, S*T, H, W)
         T = cfg.frames
         seg = x[:, :, :T]  # first segment
+        free = res[first]["pwtp_remove"]["_model"].eval() if "pwtp_remove" in cfg.inputs else None
         with torch.no_grad():
             da = model.representation.pwtp(seg).dynamic  # (K, C, H, W)
             leak = static_leakage(model.representation.pwtp, seg)
-        fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.1 * len(picks)), squeeze=False)
+            da_free = free.representation.pwtp(seg).dynamic if free is not None else None
+
+        def _rescale(d):  # min-max per image, for display only
+            return ((d - d.min()) / (d.max() - d.min() + 1e-12)).permute(1, 2, 0).numpy()
+
+        cols = 3 + (da_free is not None)
+        fig, axes = plt.subplots(len(picks), cols, figsize=(2.2 * cols, 2.1 * len(picks)), squeeze=False)
         for r, j in enumerate(picks):
             avg = denormalize(seg[r].mean(1)).clamp(0, 1).permute(1, 2, 0).numpy()
-            d = da[r]
-            d = ((d - d.min()) / (d.max() - d.min() + 1e-12)).permute(1, 2, 0).numpy()
             axes[r, 0].imshow(avg)
             axes[r, 0].set_ylabel(test_set.classes[test_set.label_and_scene(j)[0]], fontsize=8)
-            axes[r, 1].imshow(d)
+            axes[r, 1].imshow(_rescale(da[r]))
             im = axes[r, 2].imshow(leak.weight_sum[r].numpy(), cmap="magma")
             fig.colorbar(im, ax=axes[r, 2], fraction=0.046)
             axes[r, 2].set_title(f"static share {float(leak.static_share[r]):.2f}", fontsize=7)
-        for a, t in zip(axes[0], ("frame average", "dynamic appearance", "weight sum (leak)")):
+            if da_free is not None:
+                axes[r, 3].imshow(_rescale(da_free[r]))
+        names = ("frame average", "dynamic appearance", "weight sum (leak)", "leak-free DA (own model)")
+        for a, t in zip(axes[0], names):
             a.set_title(t if a is not axes[0, 2] else f"{t}\n{a.get_title()}", fontsize=8)
         for a in axes.flat:
             a.set_xticks([])
@@ -337,10 +405,14 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
     if "pwtp" in cfg.inputs:
         log = res[first]["pwtp"]["log"]
         fig, a = plt.subplots(figsize=(5, 3))
-        a.plot([r["step"] for r in log], [r["alpha"] for r in log], lw=1)
+        for rep in ("pwtp", "pwtp_remove"):
+            if rep in cfg.inputs:
+                a.plot([r["step"] for r in res[first][rep]["log"]], [r["alpha"] for r in res[first][rep]["log"]], lw=1,
+                       label=rep)
         a.set_xlabel("step")
         a.set_ylabel("alpha (Eq. 12)")
-        a.set_title("MGDA alpha over training (unbiased)", fontsize=9)
+        a.legend(fontsize=7)
+        a.set_title(f"MGDA alpha over training ({first})", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / "alpha.png", dpi=110)
         plt.close(fig)
@@ -376,21 +448,87 @@ def _figures(out: Path, cfg: DemoConfig, run: dict, test_set) -> dict[str, str]:
     return files
 
 
+def _leakage_figure(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict) -> dict[str, str]:
+    """Scene-biased accuracy against the scene-biased model's static share: every input and seed
+    of the main runs (filled markers), and the studies' rows (joint strategies, other backbones)."""
+    if "biased" not in cfg.settings:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {rep: f"C{i}" for i, rep in enumerate(INPUTS)}
+    # inputs with no static share at all sit at 0; spread them a little so that none hides another
+    nudge = {rep: 0.0015 * (i - 2) for i, rep in enumerate(INPUTS)}
+
+    def x_of(share, rep):
+        return share if share > 0 else nudge[rep]
+
+    fig, a = plt.subplots(figsize=(6.4, 4.2))
+    for rep in cfg.inputs:
+        pts = [(x_of(r["results"]["biased"][rep]["static_share"], rep), r["results"]["biased"][rep]["accuracy"])
+               for r in runs]
+        a.scatter(*zip(*pts), color=colours[rep], marker="o", s=36, label=f"{rep} ({cfg.backbone})", zorder=3)
+    markers = {"small2d": "s", "small3d": "^", "small_tsm": "o"}
+    for row in studies.get("backbones", []):
+        if row["backbone"] != cfg.backbone and "acc_biased" in row:
+            a.scatter(x_of(row["static_biased"], row["input"]), row["acc_biased"], color=colours[row["input"]],
+                      marker=markers[row["backbone"]],
+                      s=30, facecolors="none", zorder=2)
+    for b in sorted({row["backbone"] for row in studies.get("backbones", [])} - {cfg.backbone}):
+        a.scatter([], [], color="grey", marker=markers[b], facecolors="none", label=f"{b} (backbone study)")
+    joint = [row for row in studies.get("joint", []) if row["setting"] == "biased"]
+    if joint:
+        a.scatter([r["static_share"] for r in joint], [r["accuracy"] for r in joint], color=colours["pwtp"], marker="x",
+                  s=30, label="pwtp, joint strategies", zorder=2)
+        for r in joint:
+            a.annotate(r["strategy"], (r["static_share"], r["accuracy"]), fontsize=5, alpha=0.8,
+                       xytext=(3, 2), textcoords="offset points")
+    a.axhline(100.0 / cfg.num_classes, color="k", lw=0.8, ls=":", label="chance")
+    a.set_xscale("symlog", linthresh=0.01)  # the zero-sum inputs sit at 0, DA near 0.01-0.1, RGB near 1
+    a.set_xlim(-0.006, 1.3)
+    a.set_ylim(0, 100)
+    a.set_xlabel("static share of the input (scene-biased model, test clips; symlog; zeros spread)")
+    a.set_ylabel("accuracy after scene-biased training %")
+    a.set_title("Does the input's static content cost accuracy under scene bias?", fontsize=9)
+    a.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(out / "leakage_vs_accuracy.png", dpi=110)
+    plt.close(fig)
+    return {"leakage_vs_accuracy": "leakage_vs_accuracy.png"}
+
+
 def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}"
 
 
-def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo) -> list[dict]:
-    """Table 5 (joint strategies) or Table 4b (T, D) on the unbiased data, PWTP only."""
+def _strategy_name(strategy: str, alpha: float, normalize: str) -> str:
+    return strategy + (f" {alpha}" if strategy == "constant" else "") + (f" {normalize}" if normalize != "none" else "")
+
+
+def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+    """One study on the first seed's data ``data`` = (training sets, test set); ``first``: that seed's results.
+
+    joint: PWTP with every strategy of :data:`STRATEGIES` (Table 5, the scheduler, MGDA's
+    normalisations) in every setting; frames: the T x D grid of Table 4b on the unbiased data;
+    backbones: every input in every setting with each of :data:`BACKBONES` (the demo's own
+    backbone's rows are ``first``).
+    """
     rows = []
+    train_sets, test_set = data
     if study == "joint":
-        train_sets, test_set = build_demo_data(replace(cfg, settings=("unbiased",)), seed)
-        for strategy, alpha in STRATEGIES:
-            name = f"{strategy}" + (f" {alpha}" if strategy == "constant" else "")
-            r = train_and_evaluate(cfg, "pwtp", train_sets["unbiased"], test_set, out_dir=out / "study" / name.replace(" ", "_"),
-                                   seed=seed, strategy=strategy, alpha=alpha)
-            rows.append({"strategy": name, "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"]})
-            echo(f"  {name:<14} acc {r['accuracy']:.1f}%  ENoPR {r['enopr']:.4f}")
+        for setting in cfg.settings:
+            for strategy, alpha, normalize in STRATEGIES:
+                name = _strategy_name(strategy, alpha, normalize)
+                r = train_and_evaluate(cfg, "pwtp", train_sets[setting], test_set, seed=seed, strategy=strategy,
+                                       alpha=alpha, normalize=normalize,
+                                       out_dir=out / "study" / "joint" / setting / name.replace(" ", "_"))
+                rows.append({"setting": setting, "strategy": name, "accuracy": r["accuracy"], "enopr": r["enopr"],
+                             "static_share": r["static_share"], "alpha_mean": r["alpha_mean"],
+                             "alpha_end": r["alpha_end"]})
+                echo(f"  {setting:<8} {name:<14} acc {r['accuracy']:5.1f}%  ENoPR {r['enopr']:.4f}  "
+                     f"static share {r['static_share']:.3f}  alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
     elif study == "frames":
         total = cfg.segments * cfg.frames
         for T in (4, 8):
@@ -398,14 +536,29 @@ def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo) -> list[dict
                 if D >= T or total % T:
                     continue
                 c = replace(cfg, frames=T, segments=total // T, settings=("unbiased",))
-                train_sets, test_set = build_demo_data(c, seed)
-                r = train_and_evaluate(c, "pwtp", train_sets["unbiased"], test_set, out_dir=out / "study" / f"T{T}_D{D}",
+                sets, test = build_demo_data(c, seed)
+                r = train_and_evaluate(c, "pwtp", sets["unbiased"], test, out_dir=out / "study" / f"T{T}_D{D}",
                                        seed=seed, rank=D)
                 rows.append({"T": T, "D": D, "S": total // T, "accuracy": r["accuracy"], "enopr": r["enopr"],
                              "gflops": r["gflops"]})
                 echo(f"  T={T} D={D} S={total // T}: acc {r['accuracy']:.1f}%  ENoPR {r['enopr']:.4f}")
+    elif study == "backbones":
+        for backbone in BACKBONES:
+            c = replace(cfg, backbone=backbone)
+            for rep in cfg.inputs:
+                row = {"backbone": backbone, "input": rep}
+                for setting in cfg.settings:
+                    if backbone == cfg.backbone:
+                        r = first[setting][rep]
+                    else:
+                        r = train_and_evaluate(c, rep, train_sets[setting], test_set, seed=seed,
+                                               out_dir=out / "study" / "backbones" / backbone / setting / rep)
+                        echo(f"  {backbone:<9} {setting:<8} {rep:<14} acc {r['accuracy']:5.1f}%  "
+                             f"static share {r['static_share']:.3f}")
+                    row[f"acc_{setting}"], row[f"static_{setting}"] = r["accuracy"], r["static_share"]
+                rows.append({**row, "params": r["params"], "gflops": r["gflops"]})
     else:
-        raise ValueError(f"unknown study {study!r}; choose joint or frames")
+        raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
     return rows
 
 
@@ -416,8 +569,7 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
     echo = echo or (lambda line: print(line, flush=True))
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if study not in (None, "joint", "frames"):
-        raise ValueError(f"unknown study {study!r}; choose joint or frames")
+    studies_asked = parse_studies(study)
     unknown = set(cfg.inputs) - set(INPUTS)
     if unknown:
         raise ValueError(f"unknown inputs {sorted(unknown)}; choose from {', '.join(INPUTS)}")
@@ -446,29 +598,103 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
             runs.append({"seed": s, "results": results, "data_s": time.perf_counter() - tic})
             if k == 0:
                 figures = _figures(out, cfg, runs[0], test_set)
+                first_data = (train_sets, test_set)
         studies = {}
-        if study:
-            echo(f"study {study} (pwtp, unbiased data, seed {seed}):")
-            studies[study] = _study(cfg, study, seed, out, echo)
+        for name in studies_asked:
+            echo(f"study {name} (seed {seed}):")
+            studies[name] = _study(cfg, name, seed, out, echo, first_data, runs[0]["results"])
+        del first_data
     finally:
         torch.set_num_threads(old_threads)
-    wall_s = time.perf_counter() - wall
-    rows = summarise(runs, cfg)
-    chance = 100.0 / cfg.num_classes
-    table = format_table(rows, chance=chance, seeds=seeds)
-    echo(table)
-    echo(f"wall time {wall_s:.0f} s; report in {out / 'report.md'}")
     for r in runs:  # drop the models and keep the rest JSON-friendly
         for s in r["results"].values():
             for v in s.values():
                 v.pop("_model", None)
+    return _finish(out, cfg, runs, studies, figures, [{"folder": str(out), "seeds": [r["seed"] for r in runs],
+                                                        "wall_s": time.perf_counter() - wall}], echo)
+
+
+def _finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures: dict, parts: list[dict], echo) -> dict:
+    """Summarise, draw the static-share figure, write results.json and report.md; returns the payload."""
+    figures = {**figures, **_leakage_figure(out, cfg, runs, studies)}
+    wall_s = sum(p["wall_s"] for p in parts)
+    rows = summarise(runs, cfg)
+    chance = 100.0 / cfg.num_classes
+    echo(format_table(rows, chance=chance, seeds=len(runs)))
+    echo(f"wall time {wall_s:.0f} s; report in {out / 'report.md'}")
     payload = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                "seeds": [r["seed"] for r in runs], "chance": chance, "summary": rows, "runs": runs,
-               "studies": studies, "wall_s": wall_s, "machine": _machine(), "torch": torch.__version__,
+               "studies": studies, "wall_s": wall_s, "parts": parts, "machine": _machine(), "torch": torch.__version__,
                "threads": cfg.threads, "figures": figures}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    _write_report(out, cfg, rows, payload, seeds, figures, studies)
+    _write_report(out, cfg, rows, payload, len(runs), figures, studies)
     return payload
+
+
+def _config_from_json(d: dict) -> DemoConfig:
+    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def merge_reports(folders: list[str | os.PathLike], *, out: str | os.PathLike, echo=None) -> dict:
+    """One report from the results.json of several demo runs of the same benchmark (no training).
+
+    Runs of the first folder's backbone and inputs (distinct seeds, e.g. ``--seed 0``, ``--seed
+    1``, ... run in parallel) make the main table; a run with another backbone adds its first
+    seed as that backbone's rows of the ``backbones`` study; every folder's studies are kept.
+    The seed-0 figures are copied from the first folder.  All folders must share the benchmark
+    (everything in the config but inputs, backbone and threads).
+    """
+    echo = echo or (lambda line: print(line, flush=True))
+    if not folders:
+        raise ValueError("--from: no folders given")
+    loaded = []
+    for f in folders:
+        path = Path(f) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"--from: {path} does not exist (not a finished demo run)")
+        loaded.append((Path(f), json.loads(path.read_text())))
+    cfg = _config_from_json(loaded[0][1]["config"])
+    bench = lambda c: {k: v for k, v in c.items() if k not in ("inputs", "backbone", "threads")}  # noqa: E731
+    runs, studies, others, parts = [], {}, {}, []
+    for folder, data in loaded:
+        if bench(data["config"]) != bench(loaded[0][1]["config"]):
+            raise ValueError(f"--from: {folder} is not the same benchmark as {loaded[0][0]} (configs differ)")
+        parts.append({"folder": str(folder), "seeds": data["seeds"], "wall_s": data["wall_s"]})
+        same_inputs = tuple(data["config"]["inputs"]) == cfg.inputs
+        if same_inputs and data["config"]["backbone"] == cfg.backbone:
+            seen = {r["seed"] for r in runs}
+            if seen & set(data["seeds"]):
+                raise ValueError(f"--from: seed(s) {sorted(seen & set(data['seeds']))} of {folder} are already merged")
+            runs += data["runs"]
+        elif same_inputs:
+            others[data["config"]["backbone"]] = data["runs"][0]["results"]
+        for name, rows in data["studies"].items():
+            if name in studies:
+                raise ValueError(f"--from: study {name!r} is in two folders")
+            studies[name] = rows
+    if not runs:
+        raise ValueError(f"--from: no run of {loaded[0][0]}'s backbone and inputs")
+    runs.sort(key=lambda r: r["seed"])
+    if others and "backbones" not in studies:
+        first = runs[0]["results"]
+        rows = []
+        for backbone in [cfg.backbone, *sorted(others, key=BACKBONES.index)]:
+            res = first if backbone == cfg.backbone else others[backbone]
+            for rep in cfg.inputs:
+                row = {"backbone": backbone, "input": rep}
+                for setting in cfg.settings:
+                    row[f"acc_{setting}"], row[f"static_{setting}"] = (res[setting][rep]["accuracy"],
+                                                                      res[setting][rep]["static_share"])
+                rows.append({**row, "params": res[cfg.settings[0]][rep]["params"],
+                             "gflops": res[cfg.settings[0]][rep]["gflops"]})
+        studies["backbones"] = rows
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {k: v for k, v in loaded[0][1]["figures"].items() if k != "leakage_vs_accuracy"}
+    for f in figures.values():
+        if (loaded[0][0] / f).resolve() != (out / f).resolve():
+            shutil.copyfile(loaded[0][0] / f, out / f)
+    return _finish(out, cfg, runs, studies, figures, parts, echo)
 
 
 def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, studies) -> None:
@@ -477,28 +703,36 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         "# dynapp demo report", "",
         f"Same-scene synthetic actions ({cfg.num_classes} motion classes, {cfg.num_scenes} shared scenes, "
         f"{cfg.size}x{cfg.size} px, {cfg.segments} segments x {cfg.frames} frames, {cfg.num_train} training / "
-        f"{cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}); backbone small2d for every input; "
-        f"PWTP trained jointly with MGDA.  Scene-biased setting: training scene from the class's group with "
+        f"{cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
+        f"distractors, actor half-size {cfg.actor_scale[0]}-{cfg.actor_scale[1]} of the frame, shake {cfg.shake} px); "
+        f"backbone {cfg.backbone} for every input; PWTP trained jointly with MGDA (pwtp_remove: PWTP(static='remove')).  Scene-biased setting: training scene from the class's group with "
         f"probability {cfg.scene_bias}; test scenes uncorrelated.  Seeds: {payload['seeds']}"
         + (" (mean ± sd)." if seeds > 1 else "."), "",
         format_table(rows, chance=chance, seeds=seeds, markdown=True), "",
-        "Columns: accuracy on the uncorrelated test clips after training on unbiased / scene-biased data; "
-        "ENoPR (Eq. 7) of the test clips; static share = fraction of the input's energy that comes from "
-        "the temporal mean of each pixel (dynapp.leakage; RGB difference is 0 by construction); weight "
-        "sum = mean per-pixel sum of the temporal weights; params and GFLOPs (multiply-adds) per view; "
-        "training time (unbiased).", "",
+        "Columns: accuracy on the uncorrelated test clips after training on unbiased / scene-biased data, "
+        "each beside the static share of that model's input = fraction of the input's energy that comes from "
+        "the temporal mean of each pixel (dynapp.leakage, on the test clips; RGB difference is 0 by "
+        "construction); ENoPR (Eq. 7) of the test clips, weight sum = mean per-pixel sum of the temporal "
+        "weights and training time: unbiased models; params and GFLOPs (multiply-adds) per view.", "",
         f"Wall time {payload['wall_s']:.0f} s on {payload['machine']}, torch {payload['torch']}, "
-        f"{payload['threads']} thread(s).", "",
+        f"{payload['threads']} thread(s)"
+        + ("." if len(payload["parts"]) == 1 else "; merged from " + ", ".join(
+            f"{p['folder']} (seeds {p['seeds']}, {p['wall_s']:.0f} s)" for p in payload["parts"]) + "."), "",
     ]
-    titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance and static leakage (first segment, one test clip per class)",
+    titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
-              "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)"}
+              "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)",
+              "leakage_vs_accuracy": "Scene-biased accuracy against static share"}
     for key, f in figures.items():
         lines += [f"## {titles[key]}", "", f"![{key}]({f})", ""]
+    about = {"joint": "PWTP with each joint-training strategy, every setting, first seed; alpha_mean / alpha_end: "
+                      "the mean of alpha over training / over its last tenth.",
+             "frames": "PWTP on the unbiased data, first seed.",
+             "backbones": "Every input with each backbone, every setting, first seed; static_*: static share."}
     for name, rows_ in studies.items():
         keys = list(rows_[0]) if rows_ else []
-        cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-        lines += [f"## Study: {name}", "", "PWTP on the unbiased data, first seed.", "",
+        cell = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        lines += [f"## Study: {name}", "", about[name], "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows_] + [""]
     (out / "report.md").write_text("\n".join(lines))

@@ -136,7 +136,8 @@ class Recognizer(nn.Module):
     def prepare(self, clips: torch.Tensor) -> torch.Tensor:
         """The one uint8/float decision: uint8 -> ``(x / 255 - mean) / std``; float: as given."""
         if clips.dtype == torch.uint8:
-            return normalize(clips, tuple(self.preprocessing["mean"]), tuple(self.preprocessing["std"]))
+            return normalize(clips, tuple(self.preprocessing["mean"]), tuple(self.preprocessing["std"]),
+                             channel_dim=clips.dim() - 4)  # (C, T, H, W) or (N, C, T, H, W)
         return clips.float()
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:  # (N, C, S*T, H, W) -> (N, K)

@@ -2,7 +2,7 @@
 
 Every backbone takes ``(N, C, S, H, W)`` and returns per-segment features ``(N, S', F)`` with
 ``F = backbone.num_features``: S' = S for 2D backbones (``tsm_resnet50``, ``vit_b16``,
-``small2d``) and S' = 1 for 3D backbones that pool over time (``x3d_xs``, ``x3d_m``,
+``small2d``, ``small_tsm``) and S' = 1 for 3D backbones that pool over time (``x3d_xs``, ``x3d_m``,
 ``small3d``).  For a 3D backbone, ``num_segments`` is the number of frames it receives.
 """
 
@@ -12,7 +12,7 @@ import functools
 
 from torch import nn
 
-from dynapp.backbones.small import build_small2d, build_small3d
+from dynapp.backbones.small import build_small2d, build_small3d, build_small_tsm
 from dynapp.backbones.tsm import build_tsm_resnet, temporal_shift
 from dynapp.backbones.vit import build_vit
 from dynapp.backbones.weights import inflate_input_kernel, read_state_dict
@@ -35,6 +35,7 @@ BACKBONES = {
     "x3d_m": functools.partial(build_x3d, name="x3d_m"),
     "vit_b16": build_vit,
     "small2d": build_small2d,
+    "small_tsm": build_small_tsm,
     "small3d": build_small3d,
 }
 

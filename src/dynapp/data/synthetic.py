@@ -11,8 +11,10 @@ This dataset isolates that situation so it can be studied on a CPU:
   shape and colour families as the actor) comes from one pool of ``num_scenes`` scenes shared by
   all classes, so a single frame tells nothing about the class;
 * optional nuisances: camera **shake** (a random whole-frame shift of up to ``shake`` pixels per
-  frame), brightness **flicker** (a per-frame gain ``1 +- flicker``) and Gaussian pixel **noise**
-  (``noise`` x 255 standard deviation);
+  frame), brightness **flicker** (a per-frame gain ``1 +- flicker``), Gaussian pixel **noise**
+  (``noise`` x 255 standard deviation) and ``moving_distractors``: per-clip shapes of the actor's
+  families that sway back and forth along a random line (at least one full swing per clip, at
+  speeds like the actor's), independent of the class, so that "something moves" is not the class;
 * ``scene_bias`` correlates scene with class in the training split only: with that probability a
   training clip takes its scene from its class's group (scenes ``s`` with ``s % num_classes ==
   label``), otherwise from the whole pool.  The test split always pairs every scene with every
@@ -129,8 +131,10 @@ class SyntheticActions(Dataset):
         size: generated frame size (H = W); crop_size: output size (default ``size``).
         scene_bias: in [0, 1], probability that a training clip's scene comes from its class's group.
         shake, flicker, noise: nuisances (pixels, relative gain, fraction of 255).
-        distractors: static shapes per scene.  speed: actor speed range in pixels per frame
-            (relative to a 32-pixel frame; scaled with ``size``).
+        distractors: static shapes per scene.  moving_distractors: swaying shapes per clip.
+        speed: actor speed range in pixels per frame (relative to a 32-pixel frame; scaled with
+            ``size``).  actor_scale: range of the actor's half-size as a fraction of the frame
+            (grow/shrink span 0.06-0.24 whatever it is).
         seed: the dataset seed (scenes and clips).
         cache: keep every generated uint8 clip in memory (about ``3 S T size^2`` bytes each), so
             later epochs and other models reuse it (within one process: use ``num_workers=0``).
@@ -153,6 +157,8 @@ class SyntheticActions(Dataset):
         noise: float = 0.0,
         distractors: int = 3,
         speed: tuple[float, float] = (0.3, 0.6),
+        actor_scale: tuple[float, float] = (0.09, 0.14),
+        moving_distractors: int = 0,
         seed: int = 0,
         cache: bool = False,
     ):
@@ -164,8 +170,10 @@ class SyntheticActions(Dataset):
             raise ValueError(f"size must be >= 8, got {size}")
         if not 0.0 <= scene_bias <= 1.0:
             raise ValueError(f"scene_bias must be in [0, 1], got {scene_bias}")
-        if shake < 0 or flicker < 0 or noise < 0 or distractors < 0:
-            raise ValueError("shake, flicker, noise and distractors must be >= 0")
+        if shake < 0 or flicker < 0 or noise < 0 or distractors < 0 or moving_distractors < 0:
+            raise ValueError("shake, flicker, noise, distractors and moving_distractors must be >= 0")
+        if not 0.0 < actor_scale[0] <= actor_scale[1] <= 0.2:
+            raise ValueError(f"actor_scale must be a range (lo, hi) with 0 < lo <= hi <= 0.2, got {actor_scale}")
         if scene_bias > 0 and num_scenes < num_classes:
             raise ValueError(f"scene_bias needs at least one scene per class: num_scenes {num_scenes} < num_classes {num_classes}")
         self.num_videos, self.train = num_videos, train
@@ -174,6 +182,7 @@ class SyntheticActions(Dataset):
         self.crop_size = crop_size or size
         self.scene_bias, self.shake, self.flicker, self.noise = scene_bias, shake, flicker, noise
         self.distractors, self.speed, self.seed = distractors, tuple(speed), seed
+        self.actor_scale, self.moving_distractors = tuple(actor_scale), moving_distractors
         self.classes = list(MOTIONS[:num_classes])
         self.views = 1
         self.name = "synthetic"
@@ -227,7 +236,7 @@ class SyntheticActions(Dataset):
         colour = _random_colour(rng)
         motion = MOTIONS[label]
         v = rng.uniform(*self.speed) * unit  # pixels per frame
-        r0 = rng.uniform(0.09, 0.14) * s
+        r0 = rng.uniform(*self.actor_scale) * s
         travel = v * (n - 1)
         radius = np.full(n, r0, dtype=np.float32)
         if motion in ("move_left", "move_right", "move_up", "move_down"):
@@ -257,6 +266,7 @@ class SyntheticActions(Dataset):
         gains = np.ones(n, dtype=np.float32)
         if self.flicker > 0:
             gains = 1.0 + rng.uniform(-self.flicker, self.flicker, n).astype(np.float32)
+        movers = self._movers(np.random.default_rng([self.seed, split, index, 4]), n)
         noise_rng = np.random.default_rng([self.seed, split, index, 3])
         bg = self._scene(scene)
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
@@ -267,6 +277,9 @@ class SyntheticActions(Dataset):
             # the camera moves: the view is a shifted window of the (margin-padded) scene, and the
             # actor, which lives in scene coordinates, shifts with it
             img = bg[m + dy : m + dy + s, m + dx : m + dx + s].copy()
+            for mshape, mcolour, mx, my, mr in movers:  # behind the actor, in scene coordinates
+                mm = _shape_mask(mshape, xx - (mx[f] - dx), yy - (my[f] - dy), mr)[..., None]
+                img = img * (1 - mm) + mcolour * mm
             if actor:
                 mask = _shape_mask(shape, xx - (cx[f] - dx), yy - (cy[f] - dy), float(radius[f]))
                 masks[f] = mask
@@ -277,6 +290,28 @@ class SyntheticActions(Dataset):
             out[f] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
         centre = np.stack([cx - shifts[:, 1], cy - shifts[:, 0]], axis=1).astype(np.float32)
         return SyntheticClip(out, label, scene, masks, centre, radius)
+
+    def _movers(self, rng: np.random.Generator, n: int) -> list:
+        """The clip's swaying distractors: [(shape, colour, x (n,), y (n,), half-size)].
+
+        Each sways along a random line through a random point: position ``c + d * amp *
+        sin(2 pi t / period + phase)`` with a period of 1/3 to 2/3 of the clip (so every clip shows
+        at least one full swing and no net direction) and an amplitude of 10-20% of the frame.
+        """
+        s, t = self.size, np.arange(n, dtype=np.float32)
+        out = []
+        for _ in range(self.moving_distractors):
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            colour = _random_colour(rng)
+            r = rng.uniform(*self.actor_scale) * s
+            theta = rng.uniform(0, math.pi)
+            amp = rng.uniform(0.10, 0.20) * s
+            period = rng.uniform(n / 3.0, 2.0 * n / 3.0)
+            phase = rng.uniform(0, 2 * math.pi)
+            cx, cy = rng.uniform(r + amp, s - r - amp, 2)
+            swing = amp * np.sin(2 * math.pi * t / period + phase)
+            out.append((shape, colour, cx + math.cos(theta) * swing, cy + math.sin(theta) * swing, float(r)))
+        return out
 
     def clip_uint8(self, index: int) -> torch.Tensor:
         """Item ``index`` as uint8 (3, S*T, H, W), before crop and normalisation."""
