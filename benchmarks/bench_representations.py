@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from dynapp.flow import IMAGENET_MEAN, IMAGENET_STD
+from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dynapp.representations import build_representation
 
 NAMES = ["rgb", "rgb_diff", "dynamic_image", "pwtp", "flow_farneback", "flow_tvl1", "flow_tvnet"]

@@ -20,7 +20,6 @@ from dynapp.engine.checkpoint import (
 )
 
 
-
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
@@ -109,3 +108,16 @@ def test_crash_mid_write_keeps_last_good(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["w"], torch.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_model_state_dict_unwraps_and_strips_module_prefix(tmp_path):
+    from dynapp.engine.checkpoint import model_state_dict, strip_module_prefix
+
+    w = torch.ones(2)
+    assert strip_module_prefix({"module.a.w": w, "b": w}) == {"a.w": w, "b": w}
+    path = save_checkpoint({"model": {"module.head.weight": w}, "step": 3, "classes": ["a", "b"]}, tmp_path / "ck.pt")
+    loaded = load_checkpoint(path)
+    assert list(model_state_dict(loaded)) == ["head.weight"] and loaded["classes"] == ["a", "b"]
+    assert list(model_state_dict({"conv.weight": w})) == ["conv.weight"]  # a plain state dict
+    with pytest.raises(ValueError, match="neither a state dict"):
+        model_state_dict([w])

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from dynapp import PWTP
 from dynapp.cli import app
+from dynapp.representations import REPRESENTATIONS
 from dynapp.apps.flops import PAPER_MODELS, FlopsReport, count_macs, count_params, format_table, model_flops
 
 
@@ -58,6 +59,11 @@ def test_counts_scale_with_the_view():
     flow = model_flops(representation="flow_farneback", backbone="small2d", num_classes=10, segments=2, frames=3, crop=32)
     assert flow.representation_gflops is None  # OpenCV: not counted
     assert "n/a" in format_table([dict(representation="flow_farneback", backbone="small2d", segments=2, frames=3, crop=32, num_classes=10, report=flow)])
+    # what is counted follows the classes' declarations, not the names: TVNet's work is all
+    # element-wise (no multiply-adds in the counter's sense), so it is not countable either
+    tvnet = model_flops(representation="flow_tvnet", backbone="small2d", num_classes=10, segments=1, frames=2, crop=16,
+                        representation_kwargs={"iterations": 2})
+    assert tvnet.representation_gflops is None and tvnet.representation_params > 0
 
 
 def test_paper_table_lists_the_papers_models():
@@ -73,5 +79,7 @@ def test_cli_flops():
     res = runner.invoke(app, ["flops", "--representation", "pwtp", "--backbone", "small3d", "--segments", "2", "--frames", "4", "--crop", "32", "--num-classes", "7"])
     assert res.exit_code == 0, res.output
     assert "| small3d | pwtp | 2 x 4 | 32 | 7 |" in res.output
+    helped = runner.invoke(app, ["flops", "--help"])
+    assert all(name in helped.output for name in REPRESENTATIONS), helped.output  # from the dict
     bad = runner.invoke(app, ["flops", "--backbone", "resnet9000"])
     assert bad.exit_code != 0 and "unknown backbone" in bad.output and "Traceback" not in bad.output

@@ -1,24 +1,12 @@
-"""Tests of dynapp.flow: OpenCV TV-L1 / Farneback on a translated pattern, quantised storage."""
+"""Tests of dynapp.representations.flow and dynapp.data.flow_files: OpenCV TV-L1 / Farneback on a translated pattern, quantised storage."""
 
 import numpy as np
 import pytest
 import torch
 
-from dynapp.flow import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    clip_flow,
-    dequantise_flow,
-    flow_farneback,
-    flow_to_input,
-    flow_tvl1,
-    load_flow,
-    precompute_flow,
-    quantise_flow,
-    save_flow,
-    to_gray_uint8,
-    video_flow,
-)
+from dynapp.data.flow_files import dequantise_flow, load_flow, precompute_flow, quantise_flow, save_flow
+from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dynapp.representations.flow import clip_flow, flow_farneback, flow_to_input, flow_tvl1, to_gray_uint8, video_flow
 from dynapp.representations import build_representation
 
 cv2 = pytest.importorskip("cv2")

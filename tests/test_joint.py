@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -10,16 +11,22 @@ from torch import nn
 
 from dynapp.joint import (
     ALPHA_WHEN_EQUAL,
+    MGDA,
     NORMALIZATIONS,
+    STRATEGIES,
+    Constant,
     MGDAState,
-    backward_joint,
+    Phase,
+    Plain,
+    Scheduler,
+    Separate,
+    build_strategy,
     combine_theta1_grads,
     gradient_normalizer,
     mgda_alpha,
     normalized_mgda_alpha,
     scheduler_alpha,
     theta1_parameters,
-    weighted_alpha,
 )
 
 
@@ -108,10 +115,10 @@ def test_scheduler_rejects_bad_parameters():
 
 
 def test_weighted_alpha():
-    assert weighted_alpha("constant", step=7, total_steps=10, alpha=0.9, gamma=0.2, lam=0.1) == 0.9
-    assert weighted_alpha("scheduler", step=0, total_steps=10, alpha=0.0, gamma=0.2, lam=0.1) == pytest.approx(1.0)
+    assert build_strategy("constant", [], total_steps=10, alpha=0.9, gamma=0.2, lam=0.1).alpha_at(7) == 0.9
+    assert build_strategy("scheduler", [], total_steps=10, alpha=0.0, gamma=0.2, lam=0.1).alpha_at(0) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        weighted_alpha("constant", step=0, total_steps=10, alpha=1.5, gamma=0.2, lam=0.1)
+        build_strategy("constant", [], total_steps=10, alpha=1.5, gamma=0.2, lam=0.1).alpha_at(0)
 
 
 class _ToyRep(nn.Module):
@@ -147,10 +154,11 @@ def test_algorithm1_update_matches_hand_computation():
 
     theta1 = theta1_parameters(model)
     assert len(theta1) == 1
-    state = MGDAState(theta1)
+    mgda = MGDA(theta1)
+    state = mgda.state
     out, aux = model(x)
     rec = ((out - y) ** 2).mean()
-    backward_joint("mgda", rec_loss=rec, aux_loss=aux, theta1=theta1, mgda_state=state)
+    mgda.backward(rec, aux, step=0)
     alpha = combine_theta1_grads(theta1, state)
 
     # hand computation: aux = mean_n sum_k x_nk^2 (1 - w_k)^2 ; rec = mean_n (sum_k v_k w_k x_nk - y_n)^2
@@ -182,11 +190,11 @@ def test_mgda_accumulation_equals_full_batch():
     for chunks in (1, 2):
         model = _ToyModel()
         theta1 = theta1_parameters(model)
-        state = MGDAState(theta1)
+        mgda = MGDA(theta1)
+        state = mgda.state
         for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
             out, aux = model(xb)
-            backward_joint("mgda", rec_loss=((out - yb) ** 2).mean(), aux_loss=aux, theta1=theta1,
-                           divide=chunks, mgda_state=state)
+            mgda.backward(((out - yb) ** 2).mean(), aux, step=0, divide=chunks)
         alphas.append(combine_theta1_grads(theta1, state))
         grads.append([p.grad.clone() for p in model.parameters()])
     assert alphas[0] == pytest.approx(alphas[1], abs=1e-6)
@@ -199,8 +207,7 @@ def test_constant_strategy_is_weighted_objective():
     y = torch.randn(4, generator=torch.Generator().manual_seed(6))
     model, ref = _ToyModel(), _ToyModel()
     out, aux = model(x)
-    backward_joint("constant", rec_loss=((out - y) ** 2).mean(), aux_loss=aux,
-                   theta1=theta1_parameters(model), alpha=0.25)
+    Constant(theta1_parameters(model), alpha=0.25).backward(((out - y) ** 2).mean(), aux, step=0)
     out, aux = ref(x)
     (0.25 * aux + 0.75 * ((out - y) ** 2).mean()).backward()
     for a, b in zip(model.parameters(), ref.parameters()):
@@ -211,8 +218,7 @@ def test_no_aux_loss_is_plain_backward():
     model = _ToyModel()
     x = torch.randn(4, 2)
     out, _ = model(x)
-    backward_joint("mgda", rec_loss=out.pow(2).mean(), aux_loss=None, theta1=theta1_parameters(model),
-                   mgda_state=MGDAState([]))
+    MGDA(theta1_parameters(model)).backward(out.pow(2).mean(), None, step=0)
     assert model.head.weight.grad is not None
 
 
@@ -264,12 +270,11 @@ def _state_with_g1() -> MGDAState:
 
 def _toy_step(model, x, y, chunks=1):
     theta1 = theta1_parameters(model)
-    state = MGDAState(theta1)
+    mgda = MGDA(theta1)
     for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
         out, aux = model(xb)
-        backward_joint("mgda", rec_loss=((out - yb) ** 2).mean(), aux_loss=aux, theta1=theta1, divide=chunks,
-                       mgda_state=state)
-    return theta1, state
+        mgda.backward(((out - yb) ** 2).mean(), aux, step=0, divide=chunks)
+    return theta1, mgda.state
 
 
 @pytest.mark.parametrize("normalize", ["l2", "loss", "loss+"])
@@ -332,3 +337,75 @@ def test_normalized_mgda_averages_losses_over_processes(normalize):
     n2 = _by_hand_normaliser(g2_mean, float(l_mean[1]), normalize)
     assert alpha == pytest.approx(_grid_minimiser(g1_mean.double() / n1, g2_mean.double() / n2), abs=2e-5)
     assert (torch.float64 in reduced) == (normalize in ("loss", "loss+"))  # no extra all-reduce otherwise
+
+
+# ---- the strategies as objects ----
+
+
+def test_strategies_dict_is_the_one_list_config_and_train_read(monkeypatch, tmp_path):
+    from dynapp.config import ConfigError, load_config
+    from dynapp.engine.run import run_from_config
+
+    assert list(STRATEGIES) == ["mgda", "constant", "scheduler", "separate"]
+    with pytest.raises(ConfigError, match="expected mgda, constant, scheduler, separate, got 'magic'"):
+        load_config(None, ["joint.strategy=magic"])
+
+    class Half(Constant):  # a new strategy: one class and one dict entry, nothing else
+        def __init__(self, theta1, **options):
+            super().__init__(theta1, alpha=0.5)
+
+    monkeypatch.setitem(STRATEGIES, "half", Half)
+    cfg = load_config(None, ["joint.strategy=half", "data.dataset=random", "data.segments=2", "data.frames=4",
+                             "data.crop_size=32", "data.num_samples=4", "data.num_workers=0", "model.backbone=small2d",
+                             "model.backbone_kwargs.widths=[8,8,8,8]", "optim.batch_size=2", "optim.epochs=1",
+                             "log.tensorboard=false", "log.progress=false", "eval.every_epochs=0",
+                             "checkpoint.enabled=false", f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    with open(tmp_path / "train_log.csv", newline="") as f:
+        alphas = [float(r["alpha"]) for r in csv.DictReader(f)]
+    assert alphas == [0.5, 0.5]
+
+
+def test_build_strategy_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown joint strategy 'magic'; choose from mgda, constant"):
+        build_strategy("magic", [], total_steps=1)
+
+
+def test_plain_and_weighted_without_theta1():
+    model = _ToyModel()
+    out, _ = model(torch.randn(3, 2))
+    plain = Plain()
+    plain.backward(out.pow(2).mean(), None, step=0)
+    assert math.isnan(plain.after_backward()) and plain.phase(0) == Phase()
+    assert model.head.weight.grad is not None
+    assert math.isnan(MGDA([]).after_backward())  # nothing to combine: plain training, no alpha
+
+
+def test_separate_phases_and_frozen_theta1():
+    model = _ToyModel()
+    theta1 = theta1_parameters(model)
+    sep = build_strategy("separate", theta1, total_steps=4, separate_epochs=2)
+    assert isinstance(sep, Separate)
+    assert sep.phase(0) == sep.phase(1) == Phase(run_backbone=False, train_theta1=True)
+    assert sep.phase(2) == Phase(run_backbone=True, train_theta1=False)
+    x = torch.randn(4, 2)
+    out, aux = model(x)
+    sep.backward(None, aux, step=0, divide=2)  # PWTP's phase: L1 alone, no recognition loss
+    assert sep.after_backward() == 1.0
+    expected = torch.autograd.grad(model(x)[1] / 2, theta1)[0]
+    assert torch.allclose(model.representation.w.grad, expected) and model.head.weight.grad is None
+    model.zero_grad(set_to_none=True)
+    out, aux = model(x)
+    sep.backward(out.pow(2).mean(), aux, step=1)  # the recogniser's phase: L2, Theta1 frozen
+    assert sep.after_backward() == 0.0
+    assert model.representation.w.grad is None and model.head.weight.grad is not None
+    with pytest.raises(ValueError, match="separate needs a representation with parameters"):
+        build_strategy("separate", [], total_steps=4)
+
+
+def test_scheduler_object_follows_eq13():
+    sched = build_strategy("scheduler", [], total_steps=50, gamma=0.2, lam=0.3)
+    assert isinstance(sched, Scheduler)
+    assert [sched.alpha_at(s) for s in range(50)] == [scheduler_alpha(m, 50, gamma=0.2, lam=0.3) for m in range(1, 51)]
+    with pytest.raises(ValueError, match="gamma"):
+        build_strategy("scheduler", [], total_steps=50, gamma=1.5)

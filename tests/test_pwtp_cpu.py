@@ -1,6 +1,6 @@
-"""The fused CPU kernel (dynapp.pwtp_cpu) against the eager path of dynapp.pwtp, plus its build and fallback."""
+"""The fused CPU kernel (dynapp.kernels.pwtp_cpu) against the eager path of dynapp.pwtp, plus its build,
+fallback and the impl switch of PWTP."""
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 
-from dynapp import PWTP, pwtp_cpu
+from dynapp import PWTP
+from dynapp.kernels import pwtp_cpu
 from dynapp.pwtp import _REGULARISERS, _PairwiseSimilarity, _bilinear_matrix, dynamic_appearance, upsample_bilinear
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}  # relative to the largest reference value
@@ -354,13 +355,25 @@ def test_clip_requiring_grad_is_refused(kernel):
         pwtp_cpu.rank_one_dynamic_appearance(x.requires_grad_(), upsample_w(z, 8), 1e-6)
 
 
-def test_disabled_context_takes_the_pytorch_path(kernel):
-    """Inside pwtp_cpu.disabled() PWTP does not call the kernel (FLOP counting relies on it)."""
+def test_reference_impl_takes_the_pytorch_path(kernel, monkeypatch):
+    """PWTP(impl="reference") does not call the kernel (FLOP counting relies on it); "auto" does."""
     x, _ = random_inputs(1, 3, 8, 16, 16, 2, 2, torch.float32)
     assert pwtp_cpu.supports(x, 1)
-    with pwtp_cpu.disabled():
-        assert not pwtp_cpu.enabled() and not pwtp_cpu.supports(x, 1)
-    assert pwtp_cpu.supports(x, 1)
+    pwtp = PWTP()
+    with torch.no_grad():
+        auto = pwtp(x)
+        assert pwtp.last_impl == ("cpu_fused", "cpu_fused")
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the kernel was called")
+
+        monkeypatch.setattr(pwtp_cpu, "rank_one_dynamic_appearance", refuse)
+        monkeypatch.setattr(pwtp_cpu, "relation_descriptor", refuse)
+        pwtp.impl = "reference"
+        ref = pwtp(x)
+    assert pwtp.last_impl == ("reference", "reference")
+    assert_rel_close(ref.dynamic, auto.dynamic, 1e-5, "dynamic")
+    assert pwtp_cpu.supports(x, 1)  # the switch is the module's, not a global state
 
 
 def test_torch_compile_runs_around_the_kernel(kernel):
@@ -413,10 +426,55 @@ def test_pwtp_segments_equal_folding_the_batch(kernel):
     N, S = 2, 3
     clip = torch.randn(N, 3, S * 4, 32, 40)
     folded = clip.unflatten(2, (S, 4)).transpose(1, 2).reshape(N * S, 3, 4, 32, 40)
-    for kernel_on in (True, False):
-        with (contextlib.nullcontext() if kernel_on else pwtp_cpu.disabled()), torch.no_grad():
+    for impl in ("cpu_fused", "reference"):
+        pwtp.impl = impl
+        with torch.no_grad():
             out, ref = pwtp(clip, segments=S, return_static=True), pwtp(folded, return_static=True)
+        assert pwtp.last_impl == (impl, impl)
         for a, b in zip(out[:3], ref[:3]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"S\*T"):
         pwtp(clip, segments=2)
+
+
+def test_auto_rule_and_what_ran(kernel):
+    """impl="auto" fuses each part where it can and says so; "cpu_fused" refuses with the reason."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 16, 16)
+    cases = {  # (rank, requires_grad, return_residual) -> what auto runs
+        (1, False, False): ("cpu_fused", "cpu_fused"),
+        (1, True, False): ("cpu_fused", "reference"),  # the kernel gives no gradient for the clip
+        (1, False, True): ("cpu_fused", "reference"),  # nor the residual
+        (2, False, False): ("cpu_fused", "reference"),  # the projection kernel is for D = 1
+    }
+    for (rank, grad, residual), expected in cases.items():
+        pwtp = PWTP(rank=rank)
+        pwtp(x.clone().requires_grad_(grad), return_residual=residual)
+        assert pwtp.last_impl == expected, (rank, grad, residual)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pwtp = PWTP()
+        pwtp(x)
+    assert pwtp.last_impl == ("reference", "cpu_fused")  # conv F's features are bfloat16 there
+    pwtp = PWTP(impl="cpu_fused")
+    pwtp(x)
+    assert pwtp.last_impl == ("cpu_fused", "cpu_fused")
+    with pytest.raises(ValueError, match="cannot run: the clip requires grad"):
+        pwtp(x.clone().requires_grad_())
+    with pytest.raises(ValueError, match="cannot run: return_residual=True"):
+        pwtp(x, return_residual=True)
+    with pytest.raises(ValueError, match="cannot run: the clip is torch.float16"):
+        pwtp.half()(x.half())
+    with pytest.raises(ValueError, match="needs rank D = 1"):
+        PWTP(rank=2, impl="cpu_fused")
+    with pytest.raises(ValueError, match="impl must be one of 'auto', 'reference', 'cpu_fused'"):
+        PWTP(impl="gpu")
+
+
+def test_no_kernel_environment_makes_auto_take_the_reference(fresh_state, monkeypatch):
+    monkeypatch.setenv("DYNAPP_NO_KERNEL", "1")
+    pwtp = PWTP()
+    with torch.no_grad():
+        pwtp(torch.randn(1, 3, 8, 16, 16))
+    assert pwtp.last_impl == ("reference", "reference")
+    with pytest.raises(ValueError, match="not available"):
+        PWTP(impl="cpu_fused")(torch.randn(1, 3, 8, 16, 16))

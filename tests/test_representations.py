@@ -203,3 +203,46 @@ def test_dynamic_image_linear_ramp_is_positive():
     # Normalised weights: +1 and -1 halves, so a unit step from the first to the last frames
     # gives at most the step.
     assert di.max() <= T - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Declared capabilities and the names the CLI reads.
+
+
+def test_names_module_lists_the_dict():
+    from dynapp import names
+
+    assert names.REPRESENTATIONS == tuple(REPRESENTATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
+def test_capabilities_are_declared_and_consistent(name):
+    cls = REPRESENTATIONS[name]
+    S, T = 2, 4
+    rep = build_representation(name, segments=S, frames=T)
+    assert isinstance(rep, cls)
+    assert rep.out_channels == cls.channels_per_frame(3, T)
+    assert 1 <= cls.frames_consumed(T) <= T and cls.min_frames <= T
+    assert cls.has_aux_loss == (name == "pwtp")
+    if name in ("flow_tvl1", "flow_farneback"):  # OpenCV
+        assert not cls.differentiable and not cls.countable
+        return
+    assert cls.differentiable and cls.countable == (name != "flow_tvnet")  # TVNet: element-wise only
+    clip = _clip(N=1, S=S, T=T).requires_grad_()
+    out = rep(clip)
+    out.frames.sum().backward()
+    assert clip.grad is not None and torch.isfinite(clip.grad).all()
+
+
+def test_too_few_frames_is_a_clear_error():
+    for name, cls in REPRESENTATIONS.items():
+        if cls.min_frames > 1:
+            with pytest.raises(ValueError, match=f"needs at least {cls.min_frames} frames per segment"):
+                build_representation(name, segments=2, frames=cls.min_frames - 1)
+    assert build_representation("rgb", segments=2, frames=1).out_frames == 2
+
+
+def test_all_frames_only_where_one_frame_makes_one_output():
+    for name, cls in REPRESENTATIONS.items():
+        rep = build_representation(name, segments=2, frames=3, all_frames=True)
+        assert rep.out_frames == (6 if cls.frames_consumed(3) == 1 else 2), name

@@ -1,12 +1,13 @@
-"""Tests of dynapp.tvnet (TVNet, unrolled TV-L1) and the flow_tvnet representation."""
+"""Tests of dynapp.representations.tvnet (TVNet, unrolled TV-L1) and the flow_tvnet representation."""
 
 import numpy as np
 import pytest
 import torch
 
-from dynapp.flow import IMAGENET_MEAN, IMAGENET_STD, flow_tvl1
+from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dynapp.representations import build_representation
-from dynapp.tvnet import TVNet, normalised_to_gray255, warp
+from dynapp.representations.flow import flow_tvl1
+from dynapp.representations.tvnet import TVNet, normalised_to_gray255, warp
 
 cv2 = pytest.importorskip("cv2")
 

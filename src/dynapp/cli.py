@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from dynapp.names import REPRESENTATIONS
+
 app = typer.Typer(
     help="dynapp: Dynamic Appearance (PWTP) for video action recognition.",
     no_args_is_help=True,
@@ -27,7 +29,7 @@ def version() -> None:
 
 @app.command()
 def flops(
-    representation: str = typer.Option("rgb", help="rgb, rgb_diff, dynamic_image, flow_tvl1, flow_farneback, pwtp"),
+    representation: str = typer.Option("rgb", help=", ".join(REPRESENTATIONS)),
     backbone: str = typer.Option("tsm_resnet50", help="tsm_resnet50, x3d_xs, x3d_m, vit_b16, small2d, small3d"),
     num_classes: int = typer.Option(174, help="classifier outputs"),
     segments: int = typer.Option(8, help="S, segments per clip"),
@@ -101,14 +103,20 @@ def train(
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=0.1 joint.strategy=constant"),
     resume: bool = typer.Option(False, "--resume", help="continue from <log.out_dir>/checkpoints/last.pt"),
 ) -> None:
-    """Train a model (one process, or many under torchrun) and evaluate it; see configs/."""
+    """Train a model (one process, or many under torchrun) and evaluate it; see configs/.
+
+    On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with code 75.
+    """
     from dynapp.engine.checkpoint import CheckpointError
     from dynapp.config import load_config
+    from dynapp.engine.preempt import EXIT_PREEMPTED, Preempted
     from dynapp.engine.run import run_from_config
     from dynapp.engine.train import NonFiniteLossError
 
     try:
         run_from_config(load_config(config, overrides or []), resume=resume)
+    except Preempted:  # the run printed its one line (rank 0) and wrote a checkpoint
+        raise typer.Exit(EXIT_PREEMPTED)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
@@ -137,6 +145,113 @@ def eval_command(
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
+@app.command()
+def predict(
+    videos: list[str] = typer.Argument(..., help="video files, frame folders, folders of videos or list files (.txt)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    topk: int = typer.Option(5, "--topk", help="classes shown per video (or window)"),
+    views: str = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 2x3 (default: the run's test views)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    window: float = typer.Option(None, "--window", help="long videos: slide a window of this many seconds"),
+    stride: float = typer.Option(None, "--stride", help="with --window: seconds between window starts"),
+    out: str = typer.Option("predictions", "--out", help="with --window: folder for the CSV, JSON and PNG files"),
+    fps: float = typer.Option(None, "--fps", help="with --window: frame rate (frame folders have none)"),
+    workers: int = typer.Option(0, "--workers", help="decoding processes (whole videos)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Top-k classes of videos with their probabilities; with --window, class scores over time.
+
+    An unreadable video is reported and skipped; the exit status is 1 if any was.
+    """
+    from dynapp.apps.predict import run_predict
+    from dynapp.data.decode import VideoDecodeError
+    from dynapp.engine.checkpoint import CheckpointError
+
+    try:
+        status = run_predict(videos, checkpoint, topk=topk, views=views, as_json=as_json, window=window,
+                             stride=stride, out=out, fps=fps, workers=workers, device=device, progress=progress,
+                             echo=typer.echo)
+    except (ValueError, OSError, CheckpointError, VideoDecodeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(status)
+
+
+@app.command()
+def features(
+    videos: list[str] = typer.Argument(None, help="video files, folders or list files (or use --dataset/--root)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    out: str = typer.Option(..., "--out", help="folder for features.npy, index.csv and the per-video files"),
+    dataset: str = typer.Option(None, "--dataset", help="ucf101, hmdb51, kinetics, minikinetics, ssv1, list or folder"),
+    root: str = typer.Option(None, "--root", help="the dataset's root folder"),
+    split: int = typer.Option(1, "--split", help="official split (1-3 for UCF101/HMDB51)"),
+    subset: str = typer.Option("all", "--subset", help="all, train or test"),
+    views: str = typer.Option(None, "--views", help="CLIPSxCROPS (default: the run's test views)"),
+    save_frames: bool = typer.Option(False, "--save-frames", help="also save the representation's (DA) frames"),
+    workers: int = typer.Option(0, "--workers", help="decoding processes"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Pooled backbone features (before the classifier) of every video, to .npy + index.csv; resumable."""
+    from dynapp.apps.features import dataset_videos, extract_features
+    from dynapp.apps.inference import load, parse_views
+    from dynapp.apps.predict import collect_videos
+    from dynapp.engine.checkpoint import CheckpointError
+
+    try:
+        if bool(dataset) == bool(videos) or bool(dataset) != bool(root):
+            raise ValueError("give either videos or --dataset with --root")
+        labels = classes = None
+        if dataset:
+            paths, labels, classes = dataset_videos(dataset, root, split=split, subset=subset)
+        else:
+            paths = collect_videos(videos)
+        recognizer = load(checkpoint, device=device)
+        result = extract_features(recognizer, paths, out, labels=labels, classes=classes, views=parse_views(views),
+                                  save_frames=save_frames, workers=workers, progress=progress,
+                                  on_error=lambda msg: typer.echo(f"error: {msg}", err=True))
+    except (ValueError, OSError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    shape = " x ".join(str(s) for s in result["shape"])
+    typer.echo(f"{result['done']} videos done, {result['skipped']} already done, {len(result['failed'])} failed; "
+               f"{result['features']} ({shape}) and {result['index']}")
+    raise typer.Exit(int(bool(result["failed"])))
+
+
+@app.command("export")
+def export_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="a checkpoint of dynapp train"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+    out: str = typer.Option(None, "--out", help="output file (default: beside the checkpoint, .onnx or .ts.pt)"),
+    input_dtype: str = typer.Option("uint8", "--input", help="uint8 (decoded frames) or float (normalised) clips"),
+    check: bool = typer.Option(True, "--check/--no-check", help="compare the exported model with PyTorch"),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
+) -> None:
+    """Export a trained model (clip -> logits, dynamic batch) to ONNX or TorchScript and check it."""
+    from pathlib import Path
+
+    from dynapp.apps.export import FORMATS, export_and_check
+    from dynapp.apps.inference import load
+    from dynapp.engine.checkpoint import CheckpointError
+
+    if fmt not in FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, got {fmt!r}", err=True)
+        raise typer.Exit(1)
+    path = out or str(Path(checkpoint).with_suffix(".onnx" if fmt == "onnx" else ".ts.pt"))
+    try:
+        result = export_and_check(load(checkpoint), path, fmt=fmt, input_dtype=input_dtype, check=check, opset=opset)
+    except (ValueError, OSError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    shape = "x".join(str(s) for s in result["shape"])
+    typer.echo(f"wrote {result['path']} ({fmt}, input {input_dtype} {shape}, output logits N x classes)")
+    if result["max_abs_diff"] is not None:
+        typer.echo(f"largest difference of the logits from PyTorch on a random clip: {result['max_abs_diff']:.3g} "
+                   f"(the exported path), {result['max_abs_diff_default']:.3g} (dynapp's default path)")
+
+
 @app.command("precompute-flow")
 def precompute_flow_command(
     video: str = typer.Argument(..., help="a video file or a folder of frames"),
@@ -147,7 +262,7 @@ def precompute_flow_command(
 ) -> None:
     """Compute a video's optical flow between consecutive frames and save it quantised to uint8."""
     from dynapp.data.decode import VideoDecodeError
-    from dynapp.flow import precompute_video_flow
+    from dynapp.data.flow_files import precompute_video_flow
 
     try:
         n = precompute_video_flow(video, out, method=method, bound=bound, short_side=size)

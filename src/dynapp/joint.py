@@ -22,6 +22,26 @@ loss (a function of Theta1 and Theta2).  Four strategies (Table 5 and Table 9):
 ``separate``
     PWTP trained on L1 alone for the first ``separate_epochs`` epochs (the backbone is not run),
     then frozen (no gradient step, BatchNorm statistics frozen) while the recogniser trains on L2.
+    Under data parallelism the loop runs PWTP's phase through a DDP wrapper of the representation,
+    so Theta1's gradient is averaged by DDP like every other gradient.
+
+Each strategy is one small object (``STRATEGIES`` maps its name to its class; ``build_strategy``
+builds one) with the same three methods, which the training loop calls without knowing which
+strategy runs:
+
+``phase(epoch) -> Phase``
+    what the epoch trains: whether the backbone runs (``separate``'s first epochs run PWTP
+    alone) and whether Theta1 trains (``separate`` freezes it afterwards);
+``backward(rec_loss, aux_loss, *, step, scale, divide)``
+    the backward pass of one micro-batch (``rec_loss`` is None when the backbone did not run);
+``after_backward() -> alpha``
+    after the last micro-batch of an optimiser step, before ``GradScaler.unscale_``: fixes
+    Theta1's gradient and returns the step's alpha (logged; NaN where no alpha applies).
+
+``Plain`` (one backward of L2; no Theta1 or no aux loss, e.g. an RGB model) is the base of the
+others.  To add a strategy: write its class here and add it to ``STRATEGIES`` (its constructor
+takes ``theta1`` and the joint options as keywords); the config validation reads the names
+from that dict and ``dynapp.engine.train.train`` builds it with ``build_strategy``.
 
 The functions work on *scaled* gradients under mixed precision: alpha (Eq. 12) is invariant to a
 common scale of g1 and g2, so the combination happens before ``GradScaler.unscale_`` and the
@@ -32,6 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -44,14 +65,18 @@ __all__ = [
     "normalized_mgda_alpha",
     "scheduler_alpha",
     "constant_alpha",
-    "weighted_alpha",
     "theta1_parameters",
     "MGDAState",
-    "backward_joint",
     "combine_theta1_grads",
+    "Phase",
+    "Plain",
+    "MGDA",
+    "Constant",
+    "Scheduler",
+    "Separate",
+    "build_strategy",
 ]
 
-STRATEGIES = ("mgda", "constant", "scheduler", "separate")
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")  # MGDA's gradient normalisation (Sener and Koltun 2018)
 _LOSS_NORMALIZATIONS = ("loss", "loss+")
 
@@ -157,18 +182,6 @@ def constant_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def weighted_alpha(strategy: str, *, step: int, total_steps: int, alpha: float, gamma: float, lam: float) -> float:
-    """Alpha of the strategies that fix it before the backward pass (``constant``, ``scheduler``).
-
-    ``step`` counts optimiser steps from 0; the scheduler's iteration is ``m = step + 1``.
-    """
-    if strategy == "constant":
-        return constant_alpha(alpha)
-    if strategy == "scheduler":
-        return scheduler_alpha(step + 1, total_steps, gamma=gamma, lam=lam)
-    raise ValueError(f"strategy {strategy!r} has no alpha fixed in advance")
-
-
 def theta1_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Theta1: the trainable parameters of ``model.representation`` (PWTP), or [] if it has none."""
     rep = getattr(model, "representation", None)
@@ -205,41 +218,6 @@ class MGDAState:
         self.losses = None
 
 
-def backward_joint(
-    strategy: str,
-    *,
-    rec_loss: Tensor,
-    aux_loss: Tensor | None,
-    theta1: Sequence[Tensor],
-    alpha: float = 0.0,
-    scale: Callable[[Tensor], Tensor] = lambda t: t,
-    divide: int = 1,
-    mgda_state: MGDAState | None = None,
-) -> None:
-    """The backward pass of one micro-batch for a joint strategy.
-
-    ``scale`` is ``GradScaler.scale`` (identity without AMP); ``divide`` the number of
-    gradient-accumulation micro-batches.  ``mgda``: g1 by ``torch.autograd.grad`` through PWTP
-    alone (kept in ``mgda_state``), then ONE ordinary backward of L2 (g2 lands in Theta1's
-    ``.grad``).  ``constant``/``scheduler``: one backward of ``alpha L1 + (1 - alpha) L2``.
-    Without Theta1 or without an aux loss (e.g. an RGB model): a plain backward of L2.
-    ``separate`` is not handled here: its two phases are plain backward passes of L1 and L2.
-    """
-    if aux_loss is None or not theta1:
-        scale(rec_loss / divide).backward()
-        return
-    if strategy == "mgda":
-        if mgda_state is None:
-            raise ValueError("mgda needs an MGDAState")
-        g1 = torch.autograd.grad(scale(aux_loss / divide), list(theta1), retain_graph=True, allow_unused=True)
-        mgda_state.add(g1, losses=(aux_loss / divide, rec_loss / divide))
-        scale(rec_loss / divide).backward()
-    elif strategy in ("constant", "scheduler"):
-        scale((alpha * aux_loss + (1.0 - alpha) * rec_loss) / divide).backward()
-    else:
-        raise ValueError(f"backward_joint does not handle strategy {strategy!r}")
-
-
 def combine_theta1_grads(
     theta1: Sequence[Tensor],
     mgda_state: MGDAState,
@@ -265,7 +243,7 @@ def combine_theta1_grads(
     """
     theta1 = list(theta1)
     if mgda_state.g1 is None:
-        raise ValueError("no g1 accumulated: call backward_joint('mgda', ...) first")
+        raise ValueError("no g1 accumulated: run MGDA.backward first")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     g1 = torch.cat([g.reshape(-1) for g in mgda_state.g1])
@@ -275,7 +253,7 @@ def combine_theta1_grads(
     l1 = l2 = 1.0
     if normalize in _LOSS_NORMALIZATIONS:
         if mgda_state.losses is None:
-            raise ValueError(f"normalize={normalize!r} needs the loss values: backward_joint records them")
+            raise ValueError(f"normalize={normalize!r} needs the loss values: MGDA.backward records them")
         losses = mgda_state.losses if all_reduce_mean is None else all_reduce_mean(mgda_state.losses)
         l1, l2 = (float(v) for v in losses)
     alpha = normalized_mgda_alpha(g1, g2, normalize=normalize, l1=l1, l2=l2)
@@ -291,3 +269,160 @@ def combine_theta1_grads(
         offset += n
     mgda_state.reset()
     return alpha
+
+
+# ----------------------------------------------------------------------------------------------
+# The strategies as objects: phase(epoch), backward(...), after_backward() -> alpha.
+
+Scale = Callable[[Tensor], Tensor]  # GradScaler.scale, or the identity
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What an epoch trains.  ``run_backbone=False``: PWTP alone on L1 (the backbone is not run,
+    ``rec_loss`` is None); ``train_theta1=False``: Theta1 frozen (eval mode, no gradient step)."""
+
+    run_backbone: bool = True
+    train_theta1: bool = True
+
+
+JOINT = Phase()
+
+
+class Plain:
+    """L2 alone: one ordinary backward of the recognition loss; alpha is NaN (none applies).
+
+    The training of a model without Theta1 or without an aux loss (e.g. an RGB model) and the
+    base of the other strategies, which fall back to it when there is nothing to combine.
+    """
+
+    def __init__(self, theta1: Sequence[Tensor] = (), **_options):
+        self.theta1 = list(theta1)
+        self.alpha = math.nan
+
+    def phase(self, epoch: int) -> Phase:
+        return JOINT
+
+    def backward(self, rec_loss: Tensor, aux_loss: Tensor | None, *, step: int, scale: Scale = lambda t: t,
+                 divide: int = 1) -> None:
+        """``scale``: ``GradScaler.scale``; ``divide``: the gradient-accumulation micro-batches."""
+        scale(rec_loss / divide).backward()
+
+    def after_backward(self) -> float:
+        return self.alpha
+
+
+class MGDA(Plain):
+    """Algorithm 1: per micro-batch g1 by ``torch.autograd.grad`` through PWTP alone (kept in an
+    ``MGDAState``), then ONE ordinary backward of L2 (g2 lands in Theta1's ``.grad``); after the
+    step's last micro-batch ``combine_theta1_grads`` (Eq. 12, ``normalize``) sets Theta1's grad.
+
+    ``all_reduce_mean``: averages g1 (and the loss values) over processes (None: one process).
+    """
+
+    def __init__(self, theta1: Sequence[Tensor], *, normalize: str = "none",
+                 all_reduce_mean: Callable[[Tensor], Tensor] | None = None, **_options):
+        super().__init__(theta1)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+        self.normalize, self.all_reduce_mean = normalize, all_reduce_mean
+        self.state = MGDAState(self.theta1)
+
+    def backward(self, rec_loss, aux_loss, *, step, scale=lambda t: t, divide=1):
+        if aux_loss is None or not self.theta1:
+            return super().backward(rec_loss, aux_loss, step=step, scale=scale, divide=divide)
+        g1 = torch.autograd.grad(scale(aux_loss / divide), self.theta1, retain_graph=True, allow_unused=True)
+        self.state.add(g1, losses=(aux_loss / divide, rec_loss / divide))
+        scale(rec_loss / divide).backward()
+
+    def after_backward(self) -> float:
+        if self.state.g1 is None:  # no Theta1 / no aux loss: plain training
+            return math.nan
+        return combine_theta1_grads(self.theta1, self.state, all_reduce_mean=self.all_reduce_mean,
+                                    normalize=self.normalize)
+
+
+class _Weighted(Plain):
+    """Eq. 9 with an alpha known before the backward pass: one backward of ``alpha L1 + (1 - alpha) L2``."""
+
+    def alpha_at(self, step: int) -> float:
+        """The alpha of optimiser step ``step`` (from 0)."""
+        raise NotImplementedError
+
+    def backward(self, rec_loss, aux_loss, *, step, scale=lambda t: t, divide=1):
+        self.alpha = self.alpha_at(step)
+        if aux_loss is None or not self.theta1:
+            return super().backward(rec_loss, aux_loss, step=step, scale=scale, divide=divide)
+        scale((self.alpha * aux_loss + (1.0 - self.alpha) * rec_loss) / divide).backward()
+
+
+class Constant(_Weighted):
+    """A fixed alpha (Table 5: 0, 0.5, 0.9), checked to be in [0, 1]."""
+
+    def __init__(self, theta1: Sequence[Tensor], *, alpha: float = 0.5, **_options):
+        super().__init__(theta1)
+        self.fixed = constant_alpha(alpha)
+
+    def alpha_at(self, step: int) -> float:
+        return self.fixed
+
+
+class Scheduler(_Weighted):
+    """Alpha from the scale scheduler, Eq. 13: ``scheduler_alpha(step + 1, total_steps, ...)``."""
+
+    def __init__(self, theta1: Sequence[Tensor], *, total_steps: int, gamma: float = 0.2, lam: float = 0.1,
+                 **_options):
+        super().__init__(theta1)
+        scheduler_alpha(1, total_steps, gamma=gamma, lam=lam)  # checks the parameters now
+        self.total_steps, self.gamma, self.lam = total_steps, gamma, lam
+
+    def alpha_at(self, step: int) -> float:
+        return scheduler_alpha(step + 1, self.total_steps, gamma=self.gamma, lam=self.lam)
+
+
+class Separate(Plain):
+    """PWTP on L1 alone for the first ``separate_epochs`` epochs (alpha 1, the backbone not run),
+    then Theta1 frozen (no gradient step, BatchNorm statistics frozen) while the recogniser trains
+    on L2 (alpha 0).  Under data parallelism the caller runs PWTP's phase through a DDP wrapper of
+    the representation, so DDP averages Theta1's gradient as it does every other gradient.
+    """
+
+    def __init__(self, theta1: Sequence[Tensor], *, separate_epochs: int = 1, **_options):
+        super().__init__(theta1)
+        if not self.theta1:
+            raise ValueError("joint.strategy=separate needs a representation with parameters and an aux loss (pwtp)")
+        self.separate_epochs = separate_epochs
+
+    def phase(self, epoch: int) -> Phase:
+        if epoch < self.separate_epochs:
+            return Phase(run_backbone=False)
+        return Phase(train_theta1=False)
+
+    def backward(self, rec_loss, aux_loss, *, step, scale=lambda t: t, divide=1):
+        if rec_loss is None:  # PWTP's phase: L1 alone
+            self.alpha = 1.0
+            scale(aux_loss / divide).backward()
+        else:
+            self.alpha = 0.0
+            super().backward(rec_loss, None, step=step, scale=scale, divide=divide)
+
+    def after_backward(self) -> float:
+        if self.alpha == 0.0:
+            for p in self.theta1:  # Theta1 is frozen after separate pre-training
+                p.grad = None
+        return self.alpha
+
+
+STRATEGIES: dict[str, type[Plain]] = {"mgda": MGDA, "constant": Constant, "scheduler": Scheduler, "separate": Separate}
+
+
+def build_strategy(name: str, theta1: Sequence[Tensor], *, total_steps: int,
+                   all_reduce_mean: Callable[[Tensor], Tensor] | None = None, **options) -> Plain:
+    """The strategy ``name`` of ``STRATEGIES`` for the parameters ``theta1`` of a run of ``total_steps``.
+
+    ``options``: the joint options (``alpha``, ``gamma``, ``lam``, ``separate_epochs``,
+    ``normalize``); each strategy takes the ones it uses.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown joint strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](list(theta1), total_steps=total_steps, all_reduce_mean=all_reduce_mean, **options)

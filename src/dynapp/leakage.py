@@ -1,7 +1,8 @@
 """Static leakage: how much of the scene a PWTP lets through into dynamic appearance.
 
 A diagnostic the Dynamic Appearance paper (Huang and Bors, AAAI 2023) does not have.  DA is a
-per-pixel linear temporal filter of the clip (:func:`dynapp.pwtp.temporal_weights`)::
+per-pixel linear temporal filter of the clip (:func:`dynapp.pwtp.temporal_weights`,
+:meth:`dynapp.PWTP.temporal_weights`)::
 
     DA[c] = sum_t w_t x_t[c],     w (N, T, H, W)
 
@@ -30,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dynapp.pwtp import temporal_weights
+from dynapp.segments import fold_segments
 
 __all__ = ["StaticLeakage", "leakage_from_weights", "static_leakage"]
 
@@ -73,12 +74,10 @@ def static_leakage(pwtp: nn.Module, clip: torch.Tensor) -> StaticLeakage:
     """
     if clip.dim() != 5:
         raise ValueError(f"expected a clip (N, C, T, H, W); got {tuple(clip.shape)}")
-    n, c, t, h, w = clip.shape
     T = pwtp.frames
-    if t % T:
-        raise ValueError(f"the clip has {t} frames, not a multiple of the PWTP's {T} frames per segment")
-    s = t // T
-    x = clip.reshape(n, c, s, T, h, w).transpose(1, 2).reshape(n * s, c, T, h, w)
-    # the filter PWTP applies: with static="remove" its weights sum to 0, so nothing static leaks
-    weights = temporal_weights(pwtp.hyperplanes(x), static=getattr(pwtp, "static", "keep"))  # (N*S, T, H, W)
-    return leakage_from_weights(weights, x)
+    if clip.shape[2] % T:
+        raise ValueError(f"the clip has {clip.shape[2]} frames, not a multiple of the PWTP's {T} frames per segment")
+    s = clip.shape[2] // T
+    # the filter PWTP applies (with static="remove" its weights sum to 0, so nothing static leaks)
+    weights = pwtp.temporal_weights(clip, segments=s)  # (N*S, T, H, W)
+    return leakage_from_weights(weights, fold_segments(clip, s))

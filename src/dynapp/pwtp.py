@@ -3,22 +3,28 @@
 Huang and Bors, "Dynamic Appearance: A Video Representation for Action Recognition with
 Joint Training", AAAI 2023, Section 3 (Eq. 1-8) and Appendix C.
 
-For every pixel ``i`` a T x D matrix ``A_i`` is predicted from the clip; the T-vector of each
-channel, ``x_i``, is projected onto the column space of ``A_i``::
+The equations, and where each one is in this file::
 
-    y   = (A^T A)^-1 A^T x          (Eq. 1, the coefficients)
-    x^  = A y                        (the static appearance)
-    p   = x - x^                     (Eq. 5, the projection residual)
-    DA  = mean_t p                   (Eq. 6, the dynamic appearance)
+    feat = F(x)                      (Eq. 2, conv F frame by frame)          PWTP._coarse
+    u    = triu(feat^T feat) / C'    (Eq. 3, relation descriptor)            relation_descriptor
+    A    = Up(MLP(u))                (Eq. 4, T x D hyperplanes per pixel)    PWTP._coarse, _upsample
+    y    = (A^T A)^-1 A^T x          (Eq. 1, the coefficients)               projection_coefficients
+    x^   = A y                       (the static appearance)                 project
+    p    = x - x^                    (Eq. 5, the projection residual)
+    DA   = mean_t p                  (Eq. 6, the dynamic appearance)         dynamic_appearance
     ENoPR = 1/(HWC) sum_j ||p_j||^2  (Eq. 7, summed over T, averaged over pixels and channels)
+    L1   = mean_n ENoPR_n            (Eq. 8, the batch mean; the ``pwtp`` representation takes it)
 
-The fast path never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x - mean_t(A) y``
-and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The only work
-that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd function
-whose backward is one more pass), a plain temporal sum and a squared norm.  On the CPU, the
-default D = 1 goes further (:mod:`dynapp.pwtp_cpu`): a fused kernel does all of it in one pass
-over the clip forward and one backward, with A upsampled on the fly, and the Gram features of
-Eq. 3 in one pass each way; elsewhere (GPU, D > 1, no C++ compiler) the PyTorch code below runs.
+``dynamic_appearance`` never builds the (N, C, T, H, W) residual: ``mean_t p = mean_t x -
+mean_t(A) y`` and, by orthogonality, ``||x - A y||^2 = ||x||^2 - 2 y.A^T x + y^T A^T A y``.  The
+only work that touches the whole clip is one temporal contraction ``A^T x`` (a custom autograd
+function whose backward is one more pass), a plain temporal sum and a squared norm; for D = 1
+(the default) ``_RankOneDA`` writes the same arithmetic with a hand-written backward.
+
+This file is the readable reference, and the oracle of the tests.  The fused CPU kernel
+(:mod:`dynapp.kernels.pwtp_cpu`) does Eq. 3 and Eq. 1, 5-7 for D = 1 in one pass over the clip
+each way; ``PWTP(impl="auto" | "reference" | "cpu_fused")`` chooses, by the one rule of
+:func:`choose_impl`, and ``PWTP.last_impl`` reports what ran.
 
 Choices where the paper is silent (documented and tested):
 
@@ -53,11 +59,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynapp import pwtp_cpu
+from dynapp.kernels import pwtp_cpu
+from dynapp.segments import fold_segments, segment_view, split_segments
 
 __all__ = [
+    "IMPLS",
     "PWTP",
+    "PWTPImpl",
     "PWTPOutput",
+    "STATIC_OPTIONS",
+    "check_static",
+    "choose_impl",
     "project",
     "projection_coefficients",
     "dynamic_appearance",
@@ -232,6 +244,10 @@ def projection_coefficients(
 ) -> torch.Tensor:
     """Eq. 1: the coefficients ``y = (A^T A)^-1 A^T x``, shape (N, C, D, H, W)."""
     _check_pair(x, A)
+    return _projection_coefficients(x, A, eps, ridge)
+
+
+def _projection_coefficients(x: torch.Tensor, A: torch.Tensor, eps: float | None, ridge: float | None) -> torch.Tensor:
     dt = _working_dtype(x, A)
     eps, ridge = _regularisers(dt, eps, ridge)
     with torch.autocast(x.device.type, enabled=False):
@@ -246,7 +262,12 @@ def project(x: torch.Tensor, A: torch.Tensor, *, eps: float | None = None, ridge
     ``x - project(x, A)``.  This materialises a clip-sized tensor; :func:`dynamic_appearance`
     gives DA and ENoPR without it.
     """
-    y = projection_coefficients(x, A, eps=eps, ridge=ridge)  # (N, C, D, H, W)
+    _check_pair(x, A)
+    return _project(x, A, eps, ridge)
+
+
+def _project(x: torch.Tensor, A: torch.Tensor, eps: float | None, ridge: float | None) -> torch.Tensor:
+    y = _projection_coefficients(x, A, eps, ridge)  # (N, C, D, H, W)
     with torch.autocast(x.device.type, enabled=False):
         return torch.einsum("ntdhw,ncdhw->ncthw", A.to(y.dtype), y)
 
@@ -365,7 +386,13 @@ def dynamic_appearance(
     and do not depend on the option.
     """
     _check_pair(x, A)
-    remove = check_static(static)
+    return _dynamic_appearance(x, A, eps=eps, ridge=ridge, remove=check_static(static))
+
+
+def _dynamic_appearance(
+    x: torch.Tensor, A: torch.Tensor, *, eps: float | None, ridge: float | None, remove: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`dynamic_appearance` on inputs whose shapes are known to match."""
     N, C, T, H, W = x.shape
     dt = _working_dtype(x, A)
     eps, ridge = _regularisers(dt, eps, ridge)
@@ -459,10 +486,9 @@ def relation_descriptor(feat: torch.Tensor) -> torch.Tensor:
     """Eq. 3: pairwise frame similarities at every position.
 
     feat (N, C', T, h, w) -> u (N, h, w, T(T-1)/2): the Gram matrix of the T feature vectors
-    divided by C', upper triangle without the diagonal, row-major (t1 < t2).
+    divided by C', upper triangle without the diagonal, row-major (t1 < t2).  This is the
+    reference; :func:`dynapp.kernels.pwtp_cpu.relation_descriptor` is the fused CPU version.
     """
-    if feat.device.type == "cpu" and feat.dtype in (torch.float32, torch.float64) and pwtp_cpu.enabled():
-        return pwtp_cpu.relation_descriptor(feat)  # fused kernel, (N, h, w, P) contiguous
     u = _PairwiseSimilarity.apply(feat) / feat.shape[1]  # (N, P, h, w)
     return u.permute(0, 2, 3, 1)
 
@@ -510,6 +536,86 @@ class _Bottleneck(nn.Module):
         return h + F.gelu(self.up(F.gelu(self.down(self.norm(h)))))
 
 
+# ----------------------------------------------------------------------------------------------
+# Which code runs: one switch, PWTP(impl=...), and one rule, choose_impl.
+
+IMPLS = ("auto", "reference", "cpu_fused")
+
+
+class PWTPImpl(NamedTuple):
+    """What a PWTP forward ran (``PWTP.last_impl``), each "reference" (the PyTorch code of this
+    file) or "cpu_fused" (:mod:`dynapp.kernels.pwtp_cpu`).
+
+    relation:   the relation descriptor, Eq. 3.
+    projection: the projection, DA and ENoPR, Eq. 1 and 5-7.
+    """
+
+    relation: str
+    projection: str
+
+
+def _kernel_blocker(x: torch.Tensor) -> str | None:
+    """Why the CPU kernel cannot read this clip at all, or None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return f"the clip is {x.dtype} on {x.device.type}; the kernel takes float32/float64 CPU tensors"
+    if not pwtp_cpu.available():  # builds the kernel on first use
+        return "the fused CPU kernel is not available (no C++ compiler, or DYNAPP_NO_KERNEL=1)"
+    return None
+
+
+def _relation_blocker(x: torch.Tensor) -> str | None:
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return "CPU autocast is on (conv F's features are in low precision)"
+    return _kernel_blocker(x)
+
+
+def _projection_blocker(x: torch.Tensor, rank: int, residual: bool) -> str | None:
+    if rank != 1:
+        return f"rank D = {rank}; the kernel is for D = 1"
+    if x.requires_grad:
+        return "the clip requires grad; the kernel gives no gradient for the clip"
+    if residual:
+        return "return_residual=True; the kernel never builds the residual"
+    return _kernel_blocker(x)
+
+
+def _resolve(impl: str, blocker) -> str:
+    """"reference" or "cpu_fused" for one part; ``blocker()`` says why the kernel cannot run it, or None."""
+    if impl == "reference":
+        return "reference"
+    reason = blocker()
+    if reason is None:
+        return "cpu_fused"
+    if impl == "cpu_fused":
+        raise ValueError(f"PWTP(impl='cpu_fused') cannot run: {reason}")
+    return "reference"
+
+
+def choose_impl(impl: str, x: torch.Tensor, rank: int, residual: bool = False) -> PWTPImpl:
+    """The rule behind ``PWTP(impl=...)``: which code computes Eq. 3 and Eq. 1, 5-7 on clip ``x``.
+
+    * ``"reference"``: the PyTorch code of this file for both (any device and dtype; the oracle
+      of the tests, and what FLOP counting sees op by op).
+    * ``"cpu_fused"``: the fused CPU kernel for both; ValueError naming the reason where it cannot.
+    * ``"auto"`` (default): each part fused where it can run, else the reference.  Eq. 3 is fused
+      when x is a float32/float64 CPU tensor, CPU autocast is off and the kernel is available;
+      Eq. 1, 5-7 when x is a float32/float64 CPU tensor, D = 1, x does not require grad, no
+      residual is asked for and the kernel is available.  The kernel is available when it could
+      be compiled (a C++ compiler, found once per process; a warning otherwise) and the
+      environment variable ``DYNAPP_NO_KERNEL`` is unset, empty or 0.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+    return PWTPImpl(
+        relation=_resolve(impl, lambda: _relation_blocker(x)),
+        projection=_resolve(impl, lambda: _projection_blocker(x, rank, residual)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The module.
+
+
 class PWTP(nn.Module):
     """Pixel-Wise Temporal Projection: a clip (N, C, T, H, W) -> dynamic appearance (N, C, H, W).
 
@@ -524,6 +630,9 @@ class PWTP(nn.Module):
             every pixel's weights sum to zero and a static pixel gives DA = 0 for any A.  ENoPR
             (Eq. 7-8), ``.static`` and ``.residual`` are properties of the projection and do not
             change.
+        impl: which code runs, "auto" (default), "reference" or "cpu_fused"; the rule is
+            :func:`choose_impl`.  After each forward ``last_impl`` (a :class:`PWTPImpl`) says
+            what ran.  The implementations agree to rounding.
 
     ``forward(x)`` returns a :class:`PWTPOutput` with ``.dynamic`` and ``.enopr``; pass
     ``return_static=True`` / ``return_residual=True`` for the static appearance and the full
@@ -542,15 +651,21 @@ class PWTP(nn.Module):
         blocks: int = 1,
         in_channels: int = 3,
         static: str = "keep",
+        impl: str = "auto",
     ):
         super().__init__()
-        check_static(static)
-        self.static = static
         if frames < 2:
             raise ValueError(f"PWTP needs at least 2 frames per segment, got frames={frames}")
         if not 1 <= rank < frames:
             raise ValueError(f"rank D must satisfy 1 <= D < T={frames}, got rank={rank}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+        if impl == "cpu_fused" and rank != 1:
+            raise ValueError(f"PWTP(impl='cpu_fused') needs rank D = 1 (the kernel's), got rank={rank}")
+        check_static(static)
         self.frames, self.rank, self.in_channels = frames, rank, in_channels
+        self.static, self.impl = static, impl
+        self.last_impl: PWTPImpl | None = None
         pairs = frames * (frames - 1) // 2
         width = max(1, int(round(expansion * pairs)))
         inner = max(1, int(round(bottleneck * width)))
@@ -563,71 +678,75 @@ class PWTP(nn.Module):
         self.blocks = nn.Sequential(*[_Bottleneck(width, inner) for _ in range(blocks)])
         self.head = nn.Linear(width, frames * rank)
 
-    def _check(self, x: torch.Tensor, segments: int = 1) -> None:
-        frames = segments * self.frames
-        expected = f"(N, {self.in_channels}, {frames}, H, W)"
-        what = "(N, C, T, H, W)" if segments == 1 else f"(N, C, S*T, H, W) with S={segments}"
-        if segments < 1 or x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != frames:
-            raise ValueError(f"PWTP expects a clip of shape {expected} {what}; got {tuple(x.shape)}")
-
-    def _fold(self, x: torch.Tensor, segments: int) -> torch.Tensor:
-        """(N, C, S*T, ...) -> (N*S, C, T, ...): the segments into the batch (a copy when N, S > 1)."""
-        if segments == 1:
-            return x
-        N, C = x.shape[:2]
-        x = x.unflatten(2, (segments, self.frames)).transpose(1, 2)  # (N, S, C, T, ...)
-        return x.reshape(N * segments, C, self.frames, *x.shape[4:])
-
-    def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
-        self._check(x, segments)
-        T = self.frames
-        # Conv F works frame by frame, so it runs on the clip as it is; only its small output is
-        # folded (N, C', S*T, h, w) -> (N*S, C', T, h, w).
-        feat = self._fold(self.conv(x), segments)
-        u = relation_descriptor(feat)  # (N*S, h, w, P)
-        NS, h, w = u.shape[:3]
-        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # (N*S*h*w, rP)
-        z = self.head(self.blocks(z))  # (N*S*h*w, T*D)
-        z = z.reshape(NS, h, w, T * self.rank).permute(0, 3, 1, 2)  # (N*S, T*D, h, w)
-        return z.to(_working_dtype(x, z))
-
-    def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
-        H, W = x.shape[-2:]
-        z = self.coarse_hyperplanes(x, segments)
-        with torch.autocast(x.device.type, enabled=False):
-            A = upsample_bilinear(z, (H, W))  # (N*S, T*D, H, W)
-        return A.reshape(z.shape[0], self.frames, self.rank, H, W)
+    # The forward: Eq. 2-4 (hyperplanes), then Eq. 1, 5-7 (projection, DA, ENoPR).
 
     def forward(
         self, x: torch.Tensor, return_static: bool = False, return_residual: bool = False, segments: int = 1
     ) -> PWTPOutput:
         """x: (N, C, T, H, W), or (N, C, S*T, H, W) with ``segments=S``: one output per segment
         (N*S of them, in (n, s) order), as if the segments were folded into the batch, without
-        copying the clip on the CPU path."""
-        self._check(x, segments)
-        if not return_residual and pwtp_cpu.supports(x, self.rank):
-            # Fused CPU kernel (pwtp_cpu.py): A is upsampled on the fly and never stored.
-            W = x.shape[-1]
-            z = self.coarse_hyperplanes(x, segments).contiguous()  # (N*S, T, h, w)
-            with torch.autocast(x.device.type, enabled=False):
-                dt = z.dtype
-                Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
-                zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N*S, T, h, W): one GEMM
-                eps, _ = _regularisers(dt, None, None)
-                clip = x.to(dt)
-                if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
-                    clip = clip.unflatten(2, (segments, self.frames)).transpose(1, 2)
-                da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(
-                    clip, zc, eps, return_static, remove=self.static == "remove"
-                )
-            return PWTPOutput(da, enopr, static)
-        A = self.hyperplanes(x, segments)
-        x = self._fold(x, segments)
-        da, enopr, static = dynamic_appearance(x, A, static=self.static)
-        residual = x.to(A.dtype) - project(x, A) if return_residual else None
+        copying the clip on the fused CPU path."""
+        split_segments(x, segments, self.frames, self.in_channels)  # the one shape check
+        impl = self.last_impl = choose_impl(self.impl, x, self.rank, return_residual)
+        z = self._coarse(x, segments, impl.relation)  # Eq. 2-4 before the upsampling: (N*S, T*D, h, w)
+        if impl.projection == "cpu_fused":
+            return self._fused_projection(x, z, segments, return_static)
+        A = self._upsample(z, x.shape[-2:])  # Eq. 4: (N*S, T, D, H, W)
+        x = fold_segments(x, segments)  # (N*S, C, T, H, W)
+        da, enopr, static = _dynamic_appearance(x, A, eps=None, ridge=None, remove=self.static == "remove")
+        residual = x.to(A.dtype) - _project(x, A, None, None) if return_residual else None  # Eq. 5
         return PWTPOutput(da, enopr, static if return_static else None, residual)
+
+    def _coarse(self, x: torch.Tensor, segments: int, relation: str) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: z (N*S, T*D, h, w), in float32 or float64."""
+        # Conv F works frame by frame, so it runs on the clip as it is; only its small output is
+        # folded (N, C', S*T, h, w) -> (N*S, C', T, h, w).
+        feat = fold_segments(self.conv(x), segments)  # Eq. 2
+        if relation == "cpu_fused":
+            u = pwtp_cpu.relation_descriptor(feat)  # Eq. 3, (N*S, h, w, P)
+        else:
+            u = relation_descriptor(feat)
+        NS, h, w = u.shape[:3]
+        z = F.gelu(self.expand(u.reshape(-1, u.shape[-1])))  # Eq. 4, the MLP: (N*S*h*w, rP)
+        z = self.head(self.blocks(z))  # (N*S*h*w, T*D)
+        z = z.reshape(NS, h, w, self.frames * self.rank).permute(0, 3, 1, 2)  # (N*S, T*D, h, w)
+        return z.to(_working_dtype(x, z))
+
+    def _upsample(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Eq. 4's bilinear upsampling: z (N*S, T*D, h, w) -> A (N*S, T, D, H, W)."""
+        H, W = size
+        with torch.autocast(z.device.type, enabled=False):
+            A = upsample_bilinear(z, (H, W))  # (N*S, T*D, H, W)
+        return A.reshape(z.shape[0], self.frames, self.rank, H, W)
+
+    def _fused_projection(self, x: torch.Tensor, z: torch.Tensor, segments: int, return_static: bool) -> PWTPOutput:
+        """Eq. 1, 5-7 in the fused CPU kernel: A is upsampled along W here (one GEMM) and along H
+        inside the kernel, never stored at full size; the kernel reads the segments in place."""
+        z = z.contiguous()  # (N*S, T, h, w)
+        W = x.shape[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            dt = z.dtype
+            Uw = _bilinear_matrix(z.shape[-1], W, str(z.device), dt)  # (W, w)
+            zc = (z.view(-1, z.shape[-1]) @ Uw.t()).view(*z.shape[:-1], W)  # (N*S, T, h, W): one GEMM
+            eps, _ = _regularisers(dt, None, None)
+            clip = x.to(dt)
+            if segments > 1:  # (N, S, C, T, H, W), a view: the kernel takes the strides
+                clip = segment_view(clip, segments)
+            da, enopr, static = pwtp_cpu.rank_one_dynamic_appearance(
+                clip, zc, eps, return_static, remove=self.static == "remove", check=False
+            )
+        return PWTPOutput(da, enopr, static)
+
+    # Views of the same computation.
+
+    def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
+        split_segments(x, segments, self.frames, self.in_channels)
+        return self._coarse(x, segments, _resolve(self.impl, lambda: _relation_blocker(x)))
+
+    def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
+        return self._upsample(self.coarse_hyperplanes(x, segments), x.shape[-2:])
 
     def temporal_weights(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         """DA as a per-pixel temporal filter of ``x`` (:func:`temporal_weights`), honouring ``static``.
@@ -638,4 +757,5 @@ class PWTP(nn.Module):
 
     def extra_repr(self) -> str:
         extra = "" if self.static == "keep" else f", static={self.static!r}"
+        extra += "" if self.impl == "auto" else f", impl={self.impl!r}"
         return f"frames={self.frames}, rank={self.rank}{extra}"

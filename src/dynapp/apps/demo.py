@@ -205,13 +205,16 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
 def fit(model, train_set, *, cfg: DemoConfig, out_dir: Path, seed: int, strategy: str, alpha: float,
         normalize: str) -> None:
     """Train ``model`` with the project's loop (the demo's one call of ``dynapp.engine.train.train``)."""
+    from dynapp.config import CheckpointConfig, JointConfig, LogConfig, OptimConfig
     from dynapp.engine.train import train
 
-    train(model=model, train_dataset=train_set, val_dataset=None, out_dir=out_dir, epochs=cfg.epochs,
-          batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4, warmup_epochs=min(1.0, cfg.epochs / 4),
-          label_smoothing=0.1, strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
-          normalize=normalize, num_workers=0, save_checkpoints=False, csv_log=True, tensorboard=False, progress=False,
-          seed=seed)
+    train(model, train_set, None, seed=seed, num_workers=0,
+          optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
+                            warmup_epochs=min(1.0, cfg.epochs / 4), label_smoothing=0.1),
+          joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
+                            normalize=normalize),
+          log=LogConfig(out_dir=str(out_dir), csv=True, tensorboard=False, progress=False),
+          checkpoint=CheckpointConfig(enabled=False))
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,

@@ -12,7 +12,9 @@ Checkpoints (read with ``torch.load(weights_only=True)``): a bare PWTP ``state_d
 dict with a ``"model"`` entry holding a VideoClassifier state dict whose PWTP keys start with
 ``representation.pwtp.`` (a ``module.`` prefix from DataParallel/DDP is stripped too).  The
 PWTP's frames, rank, channels, kernel size, expansion, bottleneck and blocks are read from the
-weight shapes; the stride cannot be, and is the paper's default 8.
+weight shapes; the stride and the ``static`` option (leak-free DA) cannot be: they come from the
+run config a training checkpoint carries (``model.representation_kwargs``), else the defaults
+(stride 8, the paper's DA).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dynapp.data.decode import open_video
+from dynapp.data.sampling import tsn_indices
+from dynapp.data.transforms import normalize
+from dynapp.pwtp import PWTP
+
+from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, model_state_dict
 
 __all__ = ["extract", "fit_pwtp", "load_pwtp", "pwtp_state_dict", "da_panel"]
 
@@ -31,10 +42,7 @@ _PREFIX = "representation.pwtp."
 
 def pwtp_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The PWTP weights of a checkpoint: a bare state dict or ``{"model": {...representation.pwtp.*}}``."""
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError("the checkpoint is neither a PWTP state dict nor a dict with a 'model' entry")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = model_state_dict(checkpoint)
     if any(k.startswith(_PREFIX) for k in state):
         state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
     if not any(k.startswith("conv.") for k in state):
@@ -64,17 +72,24 @@ def _pwtp_kwargs(state: dict[str, torch.Tensor]) -> dict:
     return kw
 
 
+def _config_kwargs(checkpoint) -> dict:
+    """The PWTP options its weights do not show (stride, static), from the run config that a
+    training checkpoint carries (``config.model.representation_kwargs``); {} where there is none."""
+    cfg = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    rep = model.get("representation_kwargs") if isinstance(model, dict) else None
+    return {k: rep[k] for k in ("stride", "static") if k in rep} if isinstance(rep, dict) else {}
+
+
 def load_pwtp(path: str | os.PathLike):
     """A PWTP with the weights of a checkpoint file (see the module docstring), in eval mode."""
-    from dynapp import PWTP
-
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
     state = pwtp_state_dict(ckpt)
     try:
-        pwtp = PWTP(**_pwtp_kwargs(state))
+        pwtp = PWTP(**(_pwtp_kwargs(state) | _config_kwargs(ckpt)))
         pwtp.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError) as err:
         raise ValueError(f"checkpoint {path} does not fit a PWTP: {str(err).splitlines()[0]}") from None
@@ -83,9 +98,7 @@ def load_pwtp(path: str | os.PathLike):
 
 def fit_pwtp(x: torch.Tensor, *, steps: int = 200, lr: float = 3e-3, seed: int = 0, progress: bool = True, **pwtp_kwargs):
     """Fit a fresh PWTP to segments ``x`` (S, C, T, H, W) by minimising ENoPR (Eq. 8) with Adam."""
-    from tqdm.auto import tqdm
 
-    from dynapp import PWTP
 
     torch.manual_seed(seed)
     pwtp = PWTP(frames=x.shape[2], in_channels=x.shape[1], **pwtp_kwargs)
@@ -128,12 +141,7 @@ def extract(
     Raises :class:`dynapp.data.VideoDecodeError` for an unreadable video and ``ValueError``
     for a bad checkpoint or arguments.  Returns the written paths.
     """
-    from PIL import Image
-    from tqdm.auto import tqdm
 
-    from dynapp.data.decode import open_video
-    from dynapp.data.sampling import tsn_indices
-    from dynapp.data.transforms import normalize
 
     if segments < 1 or frames < 2 or steps < 0 or short_side < 8:
         raise ValueError("need segments >= 1, frames >= 2, steps >= 0 and short_side >= 8")

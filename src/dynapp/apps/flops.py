@@ -4,8 +4,10 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``, which count
 multiply-add of convolutions and matrix products; the figures here are halved to multiply-adds
 (the "FLOPs" of X3D, TSM and the Dynamic Appearance paper).  Element-wise operations, BatchNorm,
 activations and pooling are not counted (they are a few per cent at most).  The representation
-and the backbone (with its classifier) are counted apart.  Optical flow is computed by OpenCV
-outside PyTorch, so its cost is not counted (shown as "n/a").
+and the backbone (with its classifier) are counted apart.  A representation whose class is not
+``countable`` is shown as "n/a": OpenCV optical flow (computed outside PyTorch) and TVNet (all
+its work is element-wise, which the multiply-add count leaves out).  PWTP is counted on its
+reference path (``impl="reference"``): the fused CPU kernel is opaque to the counter.
 
 :func:`model_flops` builds the backbone on PyTorch's meta device (shapes only: no memory, no
 arithmetic), so full-size models are counted in about a second on a CPU; the representation
@@ -20,7 +22,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dynapp import pwtp_cpu
+from dynapp.backbones import build_backbone
+from dynapp.model import representation_for
+from dynapp.pwtp import PWTP
 
 __all__ = ["FlopsReport", "count_macs", "count_params", "model_flops", "PAPER_MODELS", "paper_rows", "format_table"]
 
@@ -71,19 +75,18 @@ def model_flops(
     The configuration is the one :func:`dynapp.model.build_model` builds from the same
     arguments.  The backbone and classifier are built and run on the meta device.
     """
-    from dynapp.backbones import build_backbone
-    from dynapp.model import representation_for
-
     if crop < 1 or segments < 1 or frames < 1:
         raise ValueError(f"segments, frames and crop must be positive, got {segments}, {frames}, {crop}")
     rep = representation_for(representation, backbone, segments=segments, frames=frames,
                              in_channels=in_channels, representation_kwargs=representation_kwargs).eval()
     out_shape = (1, rep.out_channels, rep.out_frames, crop, crop)  # every representation keeps H x W
     rep_gflops = None
-    if not representation.startswith("flow"):
+    if rep.countable:
+        for m in rep.modules():
+            if isinstance(m, PWTP):
+                m.impl = "reference"  # count PWTP op by op: the fused CPU kernel is opaque to the counter
         clip = torch.randn(1, in_channels, segments * frames, crop, crop, generator=torch.Generator().manual_seed(0))
-        with pwtp_cpu.disabled():  # count PWTP op by op (the fused CPU kernel is opaque to the counter)
-            rep_gflops = count_macs(rep, clip) / 1e9
+        rep_gflops = count_macs(rep, clip) / 1e9
     with torch.device("meta"):
         net = build_backbone(backbone, in_channels=rep.out_channels, num_segments=rep.out_frames, **(backbone_kwargs or {}))
         head = nn.Linear(net.num_features, num_classes)

@@ -4,7 +4,13 @@ A training checkpoint is a plain dict of tensors, numbers, strings, lists and di
 ``torch.load(weights_only=True)`` reads it: model, optimiser, scaler, schedule position
 (step, epoch), the run config (as a dict) and the RNG states of python, numpy, torch and CUDA.
 Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over
-the target with ``os.replace``, so a crash mid-write never corrupts the last good checkpoint.
+the target with ``os.replace``, so a crash mid-write never corrupts the last good checkpoint;
+the next successful save removes the temporary file such a crash leaves behind.
+
+``load_checkpoint`` is the one reader of checkpoint files in dynapp (training resume, ``init_from``,
+``dynapp eval``, ``dynapp extract``); ``model_state_dict`` takes the weights out of what it read.
+(Backbones read pretrained files with ``dynapp.backbones.weights.read_state_dict``, which also
+reads safetensors and the containers of other frameworks.)
 """
 
 from __future__ import annotations
@@ -12,16 +18,30 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from dynapp.engine.distributed import (
+    all_gather_objects,
+    barrier,
+    broadcast_buffers,
+    get_rank,
+    get_world_size,
+)
 
 __all__ = [
     "CheckpointError",
+    "RunCheckpoints",
     "save_checkpoint",
     "load_checkpoint",
+    "strip_module_prefix",
+    "model_state_dict",
     "get_rng_state",
     "set_rng_state",
     "state_is_finite",
@@ -98,6 +118,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # half-written by a process killed mid-write
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -129,3 +154,75 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the ``module.`` prefix of (Distributed)DataParallel removed from its keys."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def model_state_dict(checkpoint: Any) -> dict[str, Any]:
+    """The model weights in a loaded checkpoint: the ``"model"`` entry of a dynapp training
+    checkpoint, or the checkpoint itself if it is a plain state dict; ``module.`` stripped."""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError("the checkpoint is neither a state dict nor a dict with a 'model' entry")
+    return strip_module_prefix(state)
+
+
+class RunCheckpoints:
+    """The checkpoints of one training run: ``folder/last.pt`` (and ``epoch_XXX.pt``).
+
+    Each holds ``model``, ``optimizer``, ``scaler``, the position (``step``, ``epoch``,
+    ``batch_in_epoch``), ``world_size``, the RNG states of every process (``rng``), ``config``
+    (``{}`` unless ``meta`` has one) and the entries of ``meta`` (e.g. ``config``, ``classes``,
+    ``total_steps``).  ``save`` and the constructor are collective under torchrun.
+    """
+
+    def __init__(self, folder: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, enabled: bool = True, meta: dict | None = None):
+        self.folder, self.last = Path(folder), Path(folder) / "last.pt"
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.enabled, self.meta = enabled, dict(meta or {})
+        if get_rank() == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        barrier()
+
+    def save(self, *, step: int, epoch: int, batch_in_epoch: int, epoch_file: bool = False) -> Path | None:
+        """Write ``last.pt`` (and ``epoch_XXX.pt``) on process 0; None when checkpoints are off.
+
+        Every process must call it: BatchNorm statistics of process 0 are broadcast first (also
+        when checkpoints are off, so that every process evaluates the same model), and the RNG
+        states of all processes are gathered.
+        """
+        broadcast_buffers(self.model)
+        if not self.enabled:
+            return None
+        rngs = all_gather_objects(get_rng_state())
+        if get_rank() == 0:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "step": step, "epoch": epoch,
+                     "batch_in_epoch": batch_in_epoch, "world_size": get_world_size(), "config": {}, "rng": rngs,
+                     **self.meta}
+            save_checkpoint(state, self.last)
+            if epoch_file:
+                save_checkpoint(state, self.folder / f"epoch_{epoch:03d}.pt")
+        barrier()
+        return self.last
+
+    def restore(self) -> dict[str, Any]:
+        """Load ``last.pt`` into model, optimiser and scaler, restore this process's RNG states
+        (when the world size is the same); returns the whole checkpoint (its position, ``meta``)."""
+        if not self.last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.last}")
+        ck = load_checkpoint(self.last)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        world = get_world_size()
+        if len(ck["rng"]) == world:
+            set_rng_state(ck["rng"][get_rank()])
+        else:
+            warnings.warn(f"checkpoint written by {len(ck['rng'])} processes, resuming on {world}: "
+                          "RNG states not restored", stacklevel=2)
+        return ck

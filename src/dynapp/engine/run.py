@@ -17,10 +17,11 @@ from torch.utils.data import Dataset
 from dynapp.config import apply_overrides, config_from_dict, config_to_dict
 from dynapp.data import build_dataset
 from dynapp.data.noise import RandomClips
-from dynapp.engine.checkpoint import load_checkpoint
+from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
-from dynapp.engine.train import train
+from dynapp.engine.preempt import Preempted
+from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
 __all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
@@ -58,7 +59,7 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
                               crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
-    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, **common)
+    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
                             num_crops=views[1], **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
@@ -71,10 +72,10 @@ def init_model_from(model: nn.Module, path: str | Path) -> list[str]:
     PWTP included; the rest (the classifier when the class count differs) keeps its fresh
     initialisation.  Returns the names that were not loaded.
     """
-    ck = load_checkpoint(path)
-    state = ck["model"] if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
+    try:
+        state = model_state_dict(load_checkpoint(path))
+    except ValueError:
+        raise ValueError(f"{path} holds no state dict") from None
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     if not usable:
@@ -91,6 +92,9 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
     info = init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     finished = False
+    # checkpoint.resume=auto: continue if the run folder holds a checkpoint (a requeued job), else start
+    resume = resume or cfg.checkpoint.resume == "always" or (
+        cfg.checkpoint.resume == "auto" and (Path(cfg.log.out_dir) / "checkpoints" / "last.pt").is_file())
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -109,22 +113,19 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
                             backbone_kwargs=dict(m.backbone_kwargs))
         if m.init_from and not resume:
             init_model_from(model, m.init_from)
+        prepare_model(model, channels_last=m.channels_last, compile=m.compile)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
+        classes = class_names(train_set)
         result = train(
-            model=model, train_dataset=train_set, val_dataset=val_set, out_dir=cfg.log.out_dir, epochs=o.epochs,
-            batch_size=o.batch_size, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-            warmup_epochs=o.warmup_epochs, warmup_start_factor=o.warmup_start_factor, min_lr=o.min_lr,
-            label_smoothing=o.label_smoothing, clip_grad_norm=o.clip_grad_norm, classifier_lr_mult=o.classifier_lr_mult,
-            classifier_wd_mult=o.classifier_wd_mult, representation_lr_mult=o.representation_lr_mult,
-            representation_wd_mult=o.representation_wd_mult, freeze_bn=o.freeze_bn, amp=o.amp,
-            accumulation_steps=o.accumulation_steps, strategy=j.strategy, alpha=j.alpha, gamma=j.gamma, lam=j.lam,
-            separate_epochs=j.separate_epochs, normalize=j.normalize, num_workers=d.num_workers, eval_every_epochs=e.every_epochs,
-            eval_batch_size=e.batch_size, checkpoint_every_steps=cfg.checkpoint.every_steps,
-            keep_every_epoch=cfg.checkpoint.keep_every_epoch, save_checkpoints=cfg.checkpoint.enabled, csv_log=cfg.log.csv, tensorboard=cfg.log.tensorboard,
-            progress=cfg.log.progress, seed=cfg.seed, device=info.device, max_steps=cfg.max_steps, resume=resume,
-            config=config_to_dict(cfg), classes=class_names(train_set), nan_at_step=cfg.debug.nan_at_step, sleep_per_step=cfg.debug.sleep_per_step)
+            model=model, train_dataset=train_set, val_dataset=val_set, optim=o, joint=j, evaluation=e, log=cfg.log,
+            checkpoint=cfg.checkpoint, num_workers=d.num_workers, seed=cfg.seed, device=info.device,
+            max_steps=cfg.max_steps, resume=resume, faults=cfg.debug,
+            meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
         return result
+    except Preempted:
+        finished = True  # every process stopped after the same step: leave the group together
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
@@ -172,7 +173,7 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
             model.load_state_dict(ck["model"])
             model.to(info.device)
             result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
-                              amp=cfg.optim.amp and info.device.type == "cuda")
+                              amp=cfg.optim.amp and cfg.optim.amp_dtype == "float16" and info.device.type == "cuda")
             result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
                           dataset=d.dataset, split=d.split)
             results.append(result)

@@ -8,7 +8,11 @@ precision on GPU, gradient accumulation.  PWTP and the recogniser are trained jo
 the strategies of ``dynapp.joint`` (MGDA by default).
 
 ``dynapp.engine.run.run_from_config`` is the only place that reads a ``RunConfig``: it builds the
-model and the datasets and calls ``train`` with explicit keyword arguments.
+model and the datasets and calls ``train`` with the typed sections the loop needs (``optim``,
+``joint``, ``evaluation``, ``log``, ``checkpoint``, ``faults``).  ``train`` builds the pieces of a
+run once (``Loop``: model, optimiser, scaler, joint strategy, schedule) and calls
+``train_one_epoch`` per epoch; the joint strategy (``dynapp.joint``) is an object whose
+``phase``/``backward``/``after_backward`` the loop calls without knowing which strategy runs.
 
 Choices where the paper is silent (documented here):
 
@@ -21,33 +25,44 @@ Choices where the paper is silent (documented here):
   eval mode with its affine parameters frozen (TSN's partial BN).  PWTP's own BatchNorm is part
   of Theta1 and stays trainable.
 * Resume is exact at step granularity: the per-epoch shuffle depends only on ``seed + epoch``,
-  data loaders get their own generators (they never draw from the global RNG), and every
-  process's RNG states are saved and restored.
+  each sample's augmentation only on (seed, epoch, index) (``dataset.set_epoch``), data loaders
+  get their own generators (they never draw from the global RNG), and every process's RNG
+  states are saved and restored.
+* Preemption (``dynapp.engine.preempt``): after SIGTERM or SIGUSR1 every process stops after the
+  same step, a checkpoint is written and ``Preempted`` is raised (``dynapp train`` exits 75).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dynapp.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from dynapp.config import (
+    AMP_DTYPES,
+    CheckpointConfig,
+    DebugConfig,
+    EvalConfig,
+    JointConfig,
+    LogConfig,
+    OptimConfig,
+)
+from dynapp.engine.checkpoint import RunCheckpoints
 from dynapp.engine.distributed import (
-    all_gather_objects,
     all_reduce_mean,
     all_reduce_sum,
-    barrier,
-    broadcast_buffers,
     get_rank,
     get_world_size,
     is_distributed,
@@ -55,14 +70,20 @@ from dynapp.engine.distributed import (
 )
 from dynapp.engine.evaluate import evaluate, write_json
 from dynapp.engine.log import TrainLogger
-from dynapp.joint import MGDAState, backward_joint, combine_theta1_grads, theta1_parameters, weighted_alpha
+from dynapp.engine.preempt import StopSignals, ignore_stop_signals
+from dynapp.joint import Plain, build_strategy, theta1_parameters
 
 __all__ = [
     "NonFiniteLossError",
     "TrainState",
+    "Loop",
     "lr_at",
     "build_param_groups",
     "freeze_batchnorm",
+    "set_train_mode",
+    "build_optimizer",
+    "autocast_dtype",
+    "prepare_model",
     "train_one_epoch",
     "train",
 ]
@@ -78,6 +99,24 @@ class TrainState:
     epoch: int = 0  # current epoch (finished epochs when batch_in_epoch == 0)
     batch_in_epoch: int = 0  # micro-batches of ``epoch`` already consumed
     last_checkpoint: str = ""
+
+
+@dataclass
+class Loop:
+    """The pieces every step of a run uses, built once by ``train``."""
+
+    model: nn.Module  # the VideoClassifier, DDP-wrapped under torchrun
+    representation: nn.Module  # model.representation (DDP-wrapped where a phase runs it alone)
+    criterion: Callable[[Tensor, Tensor], Tensor]  # recognition loss L2 of (logits, labels)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    strategy: Plain  # a dynapp.joint strategy
+    lr_of_step: Callable[[int], float]
+    steps_per_epoch: int
+    accumulation_steps: int = 1
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,158 +201,107 @@ class _SkipSampler(Sampler[int]):
 # One epoch.
 
 
-def train_one_epoch(
-    *,
-    model: nn.Module,
-    ddp_model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    state: TrainState,
-    steps_this_epoch: int,
-    total_steps: int,
-    lr_of_step: Callable[[int], float],
-    strategy: str,
-    alpha: float,
-    gamma: float,
-    lam: float,
-    normalize: str,
-    phase: str,
-    accumulation_steps: int,
-    label_smoothing: float,
-    clip_grad_norm: float,
-    device: torch.device,
-    amp: bool,
-    logger: TrainLogger | None,
-    progress: bool,
-    save: Callable[[], None],
-    checkpoint_every: int,
-    max_steps: int,
-    nan_at_step: int = 0,
-    sleep_per_step: float = 0.0,
-) -> bool:
-    """Train ``steps_this_epoch`` optimiser steps; returns False if ``max_steps`` stopped it.
+def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger: TrainLogger | None = None,
+                    after_step: Callable[[], bool] | None = None) -> bool:
+    """Train the optimiser steps left in epoch ``state.epoch``; False if ``after_step`` stopped it.
 
-    ``phase``: "joint" (the strategy's step), "pwtp" (separate training, ENoPR only, backbone not
-    run) or "recogniser" (separate training, Theta1 frozen).
+    ``after_step()`` runs after every optimiser step (``state.step`` already counts it) and
+    returns True to stop the run there (checkpoints every N steps, ``max_steps``).
     """
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    theta1 = theta1_parameters(model)
-    mgda_state = MGDAState(theta1)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    rank, world = get_rank(), get_world_size()
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps_this_epoch, initial=state.batch_in_epoch // accumulation_steps,
-                   desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
+    phase = loop.strategy.phase(state.epoch)
+    net = loop.model if phase.run_backbone else loop.representation  # separate: PWTP alone on ENoPR
+    params = [p for g in loop.optimizer.param_groups for p in g["params"]]
+    accumulation = loop.accumulation_steps
+    amp = loop.amp_dtype is not None  # CUDA mixed precision
     stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
     micro = 0
     tic = time.perf_counter()
     it = iter(loader)
-    while state.batch_in_epoch < steps_this_epoch * accumulation_steps:
+    while state.batch_in_epoch < loop.steps_per_epoch * accumulation:
         clip, label = next(it)[:2]
-        clip = clip.to(device, non_blocking=True)  # (N, C, S*T, H, W)
-        label = torch.as_tensor(label).to(device, non_blocking=True)
-        last_micro = micro + 1 == accumulation_steps
-        sync = contextlib.nullcontext() if last_micro or ddp_model is model else ddp_model.no_sync()
-        # alpha of the weighted strategies is known before the backward pass
-        if strategy in ("constant", "scheduler"):
-            alpha = weighted_alpha(strategy, step=state.step, total_steps=total_steps, alpha=alpha, gamma=gamma, lam=lam)
-        with sync:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                if phase == "pwtp":
-                    rec_loss, aux_loss = None, model.representation(clip).aux_loss
-                    logits = None
-                else:
-                    out = ddp_model(clip)
-                    logits, aux_loss = out.logits, out.aux_loss
-                    rec_loss = criterion(logits.float(), label)
-            if state.step + 1 == nan_at_step and rec_loss is not None:
-                rec_loss = rec_loss * float("nan")  # fault injection (tests)
-            main = aux_loss if phase == "pwtp" else rec_loss
-            # one small all-reduce: logging statistics and whether any process saw a non-finite loss
-            finite = bool(torch.isfinite(main)) and (aux_loss is None or bool(torch.isfinite(aux_loss)))
-            local = torch.tensor([
-                float(rec_loss.detach()) if rec_loss is not None else 0.0,
-                float(aux_loss.detach()) if aux_loss is not None else 0.0,
-                float((logits.argmax(1) == label).sum()) if logits is not None else 0.0,
-                float(label.numel()),
-                0.0 if finite else 1.0,
-            ], dtype=torch.float64)
-            local = all_reduce_sum(local.to(device)).cpu()
-            if local[4] > 0:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
-                    f"run stopped, last good checkpoint: {state.last_checkpoint or 'none written yet'}")
-            stats += torch.tensor([local[0] / world, local[1] / world, local[2], local[3], 1.0], dtype=torch.float64)
-            if phase == "pwtp":
-                scaler.scale(aux_loss / accumulation_steps).backward()
-            else:
-                backward_joint(strategy if phase == "joint" else "plain", rec_loss=rec_loss,
-                               aux_loss=aux_loss if phase == "joint" else None, theta1=theta1, alpha=alpha,
-                               scale=scaler.scale, divide=accumulation_steps, mgda_state=mgda_state)
+        clip = clip.to(loop.device, non_blocking=True)  # (N, C, S*T, H, W)
+        label = torch.as_tensor(label).to(loop.device, non_blocking=True)
+        last_micro = micro + 1 == accumulation
+        no_sync = isinstance(net, DistributedDataParallel) and not last_micro
+        with net.no_sync() if no_sync else contextlib.nullcontext():
+            with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
+                out = net(clip)
+                logits = out.logits if phase.run_backbone else None
+                rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
+                aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
+            stats += _batch_statistics(rec_loss, aux_loss, logits, label, state)
+            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation)
         state.batch_in_epoch += 1
         micro += 1
         if not last_micro:
             continue
         micro = 0
 
-        # ---- optimiser step (Algorithm 1 for mgda) ----
-        if phase == "joint" and strategy == "mgda" and theta1 and mgda_state.g1 is not None:
-            alpha = combine_theta1_grads(theta1, mgda_state, all_reduce_mean=all_reduce_mean if is_distributed() else None,
-                                         normalize=normalize)
-        elif phase == "pwtp":
-            alpha = 1.0
-            for p in theta1:  # the representation ran outside DDP: average its gradient here
-                if p.grad is not None:
-                    p.grad.copy_(all_reduce_mean(p.grad))
-        elif phase == "recogniser":
-            alpha = 0.0
-            for p in theta1:  # Theta1 is frozen after separate pre-training
-                p.grad = None
-        elif phase == "joint" and strategy == "mgda":
-            alpha = float("nan")  # no Theta1 / no aux loss: plain training
-        lr = lr_of_step(state.step)
-        for g in optimizer.param_groups:
+        # ---- optimiser step (Algorithm 1 for mgda: the strategy sets Theta1's gradient) ----
+        alpha = loop.strategy.after_backward()
+        lr = loop.lr_of_step(state.step)
+        for g in loop.optimizer.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm > 0 else float("inf")))
-        if not amp and not math.isfinite(grad_norm):
+        loop.scaler.unscale_(loop.optimizer)
+        max_norm = loop.clip_grad_norm if loop.clip_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not loop.scaler.is_enabled() and not math.isfinite(grad_norm):  # (a float16 scaler skips the step)
             raise NonFiniteLossError(
                 f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
                 f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.optimizer.zero_grad(set_to_none=True)
         state.step += 1
 
-        toc = time.perf_counter()
-        n = stats[4].item()
-        row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n,
-               "enopr": stats[1].item() / n, "alpha": alpha, "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1),
-               "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(toc - tic, 1e-9)}
-        row["loss"] = row["enopr"] if phase == "pwtp" else row["rec_loss"]
+        row = _log_row(stats, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=time.perf_counter() - tic,
+                       main_loss="rec_loss" if phase.run_backbone else "enopr", has_aux=aux_loss is not None)
         if logger is not None:
             logger.log(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}", alpha=f"{alpha:.3f}",
-                            sps=f"{row['samples_per_s']:.1f}")
-            bar.update(1)
         stats.zero_()
-        if sleep_per_step > 0:
-            time.sleep(sleep_per_step)
+        stop = after_step is not None and after_step()
         tic = time.perf_counter()
-        if checkpoint_every and state.step % checkpoint_every == 0:
-            save()
-        if max_steps and state.step >= max_steps:
-            if bar is not None:
-                bar.close()
+        if stop:
             return False
-    if bar is not None:
-        bar.close()
     return True
+
+
+def _batch_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: Tensor | None, label: Tensor,
+                      state: TrainState) -> Tensor:
+    """(rec, enopr, correct, count, 1) of one micro-batch over all processes (one small all-reduce),
+    which also tells whether any process saw a non-finite loss (then ``NonFiniteLossError``)."""
+    world = get_world_size()
+    finite = all(bool(torch.isfinite(loss)) for loss in (rec_loss, aux_loss) if loss is not None)
+    local = torch.tensor([
+        float(rec_loss.detach()) if rec_loss is not None else 0.0,
+        float(aux_loss.detach()) if aux_loss is not None else 0.0,
+        float((logits.argmax(1) == label).sum()) if logits is not None else 0.0,
+        float(label.numel()),
+        0.0 if finite else 1.0,
+    ], dtype=torch.float64)
+    total = all_reduce_sum(local.to(label.device)).cpu()
+    if total[4] > 0:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
+            f"run stopped, last good checkpoint: {state.last_checkpoint or 'none written yet'}")
+    return torch.tensor([total[0] / world, total[1] / world, total[2], total[3], 1.0], dtype=torch.float64)
+
+
+def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_norm: float, seconds: float,
+             main_loss: str, has_aux: bool = True) -> dict:
+    """The log row of one optimiser step from its summed micro-batch statistics.
+
+    None for what does not apply (empty log cells): alpha and ENoPR without an aux loss (RGB),
+    the recognition loss and accuracy when the backbone did not run (separate: PWTP alone).
+    """
+    n = stats[4].item()
+    rec = main_loss == "rec_loss"
+    row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n if rec else None,
+           "enopr": stats[1].item() / n if has_aux else None, "alpha": alpha if has_aux else None,
+           "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1) if rec else None,
+           "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(seconds, 1e-9)}
+    row["loss"] = row[main_loss]
+    return row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,185 +309,225 @@ def train_one_epoch(
 
 
 def train(
-    *,
     model: nn.Module,
     train_dataset: Dataset,
-    val_dataset: Dataset | None,
-    out_dir: str | Path,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    warmup_epochs: float = 0.0,
-    warmup_start_factor: float = 0.01,
-    min_lr: float = 0.0,
-    label_smoothing: float = 0.1,
-    clip_grad_norm: float = 20.0,
-    classifier_lr_mult: float = 5.0,
-    classifier_wd_mult: float = 5.0,
-    representation_lr_mult: float = 1.0,
-    representation_wd_mult: float = 1.0,
-    freeze_bn: bool = False,
-    amp: bool = True,
-    accumulation_steps: int = 1,
-    strategy: str = "mgda",
-    alpha: float = 0.5,
-    gamma: float = 0.2,
-    lam: float = 0.1,
-    separate_epochs: int = 1,
-    normalize: str = "none",
+    val_dataset: Dataset | None = None,
+    *,
+    optim: OptimConfig,
+    joint: JointConfig | None = None,
+    evaluation: EvalConfig | None = None,
+    log: LogConfig | None = None,
+    checkpoint: CheckpointConfig | None = None,
     num_workers: int = 0,
-    eval_every_epochs: int = 1,
-    eval_batch_size: int = 8,
-    checkpoint_every_steps: int = 0,
-    keep_every_epoch: bool = False,
-    save_checkpoints: bool = True,
-    csv_log: bool = True,
-    tensorboard: bool = True,
-    progress: bool = True,
     seed: int = 0,
     device: torch.device | None = None,
     max_steps: int = 0,
     resume: bool = False,
-    config: dict | None = None,
-    classes: list[str] | None = None,
-    nan_at_step: int = 0,
-    sleep_per_step: float = 0.0,
+    meta: dict | None = None,
+    faults: DebugConfig | None = None,
 ) -> dict:
     """Train ``model`` (a ``VideoClassifier``) and evaluate it; returns the last evaluation result.
 
+    The config sections (``dynapp.config``; defaults where None) say how: ``optim`` the recipe,
+    ``joint`` the strategy (``dynapp.joint.STRATEGIES``), ``evaluation`` when and how to
+    evaluate, ``log`` the output folder (``log.out_dir``) and the logs, ``checkpoint`` what to
+    save, ``faults`` the fault injection of the tests.  ``meta``: extra entries of every
+    checkpoint (the builder stores ``config``, the run config as a dict, and ``classes``, the
+    class names of the training set).  ``max_steps`` (> 0) stops after that many optimiser steps.
+
     Call inside an initialised process group (``init_distributed``) for multi-process runs.
-    Files in ``out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``train_log.csv``,
-    ``tensorboard/``, ``eval.json`` (``save_checkpoints=False``: no checkpoint).  ``resume=True`` continues from ``checkpoints/last.pt``
-    exactly (schedule, step counter, sampler epoch and position, RNG states).
-    ``classes``: the class names of the training set (``classes[label]``), stored in every
-    checkpoint (key ``"classes"``, absent when None) so that a loaded model can name its predictions.
+    Files in ``log.out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``train_log.csv``,
+    ``tensorboard/``, ``eval.json`` (``checkpoint.enabled=False``: no checkpoint).  ``resume=True``
+    continues from ``checkpoints/last.pt`` exactly (schedule, step counter, sampler epoch and
+    position, RNG states).
     """
-    rank, world = get_rank(), get_world_size()
-    device = device or torch.device("cpu")
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    per_process = batch_size // (world * accumulation_steps)
-    if per_process < 1 or per_process * world * accumulation_steps != batch_size:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of world_size {world} x accumulation_steps "
-                         f"{accumulation_steps}")
-    amp = amp and device.type == "cuda"
-    if strategy == "separate" and not theta1_parameters(model):
-        raise ValueError("joint.strategy=separate needs a representation with parameters and an aux loss (pwtp)")
+    joint, evaluation = joint or JointConfig(), evaluation or EvalConfig()
+    log, checkpoint, faults = log or LogConfig(), checkpoint or CheckpointConfig(), faults or DebugConfig()
+    rank, device, out_dir = get_rank(), device or torch.device("cpu"), Path(log.out_dir)
+    per_process = _per_process_batch(optim.batch_size, optim.accumulation_steps)
+    sampler = train_sampler(train_dataset, seed=seed)
+    steps_per_epoch = len(sampler) // per_process // optim.accumulation_steps
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training set ({len(train_dataset)} items) is smaller than one global batch "
+                         f"({optim.batch_size})")
+    total_steps = optim.epochs * steps_per_epoch
 
     model.to(device)
-    frozen_bn = freeze_batchnorm(model.backbone) if freeze_bn else []
-    optimizer = torch.optim.SGD(
-        build_param_groups(model, weight_decay=weight_decay, classifier_lr_mult=classifier_lr_mult,
-                           classifier_wd_mult=classifier_wd_mult, representation_lr_mult=representation_lr_mult,
-                           representation_wd_mult=representation_wd_mult),
-        lr=lr, momentum=momentum)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    ddp_model = model
-    if is_distributed():
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    strategy = build_strategy(joint.strategy, theta1_parameters(model), total_steps=total_steps,
+                              all_reduce_mean=all_reduce_mean if is_distributed() else None,
+                              **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
+    frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
+    optimizer = build_optimizer(model, optim)
+    amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bfloat16 needs no scaling
+    checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=optimizer, scaler=scaler,
+                                 enabled=checkpoint.enabled, meta={"total_steps": total_steps, **(meta or {})})
+    state = _resume(checkpoints, total_steps) if resume else _fresh(checkpoints)
+    pwtp_alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate's first phase
+    loop = Loop(
+        model=_ddp(model, device),
+        representation=_ddp(model.representation, device) if pwtp_alone else model.representation,
+        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step),
+        optimizer=optimizer, scaler=scaler, strategy=strategy,
+        lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+        accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm,
+        device=device, amp_dtype=amp_dtype)
 
-    sampler = train_sampler(train_dataset, seed=seed)
-    batches_per_epoch = len(sampler) // per_process
-    steps_per_epoch = batches_per_epoch // accumulation_steps
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training set ({len(train_dataset)} items) is smaller than one global batch ({batch_size})")
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    def save(epoch_file: bool = False) -> None:  # collective
+        path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
+                                epoch_file=epoch_file)
+        if path is not None:
+            state.last_checkpoint = str(path)
 
-    def lr_of_step(step: int) -> float:
-        return lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=lr, min_lr=min_lr,
-                     warmup_start_factor=warmup_start_factor)
+    def after_step() -> bool:  # after every optimiser step; True stops the run
+        if faults.sleep_per_step > 0:
+            time.sleep(faults.sleep_per_step)
+        if checkpoint.every_steps and state.step % checkpoint.every_steps == 0:
+            save()
+        return bool(max_steps and state.step >= max_steps) or stop.should_stop(device)  # collective
 
-    state = TrainState()
-    last_path = ckpt_dir / "last.pt"
-    if not resume and last_path.exists():
-        raise ValueError(f"{last_path} exists: add --resume to continue that run, or choose another log.out_dir")
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        ck = load_checkpoint(last_path)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        state = TrainState(step=ck["step"], epoch=ck["epoch"], batch_in_epoch=ck["batch_in_epoch"],
-                           last_checkpoint=str(last_path))
-        if ck.get("total_steps") not in (None, total_steps):
-            warnings.warn(f"resuming with {total_steps} total steps, the checkpoint had {ck['total_steps']}: "
-                          "the schedule differs", stacklevel=2)
-        if len(ck["rng"]) == world:
-            set_rng_state(ck["rng"][rank])
-        else:
-            warnings.warn(f"checkpoint written by {len(ck['rng'])} processes, resuming on {world}: "
-                          "RNG states not restored", stacklevel=2)
-        if rank == 0:
-            print(f"resumed from {last_path} at step {state.step} (epoch {state.epoch})", flush=True)
+    def validate() -> dict:
+        result = evaluate(model, val_dataset, device=device, batch_size=evaluation.batch_size,
+                          num_workers=num_workers, amp=amp_dtype == torch.float16)
+        return {**result, "epoch": state.epoch, "step": state.step}
 
-    def save(epoch_file: bool = False) -> None:
-        broadcast_buffers(model)  # BatchNorm statistics of process 0 everywhere (collective)
-        if not save_checkpoints:
-            return
-        rngs = all_gather_objects(get_rng_state())  # collective: every process calls save()
-        if rank == 0:
-            ck_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                        "total_steps": total_steps, "world_size": world, "config": config or {}, "rng": rngs}
-            if classes is not None:
-                ck_state["classes"] = list(classes)
-            save_checkpoint(ck_state, last_path)
-            if epoch_file:
-                save_checkpoint(ck_state, ckpt_dir / f"epoch_{state.epoch:03d}.pt")
-        state.last_checkpoint = str(last_path)
-        barrier()
-
-    logger = TrainLogger(out_dir, rank=rank, csv_log=csv_log, tensorboard=tensorboard, start_step=state.step)
+    logger = TrainLogger(out_dir, rank=rank, csv_log=log.csv, tensorboard=log.tensorboard, start_step=state.step,
+                         progress=log.progress, every_steps=log.every_steps, total_steps=total_steps,
+                         steps_per_epoch=steps_per_epoch,
+                         checkpoint_dir=checkpoints.folder if checkpoint.enabled else None)
     result: dict = {}
+    stop = StopSignals().install()  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise Preempted
     try:
         finished = True
-        while state.epoch < epochs:
-            epoch = state.epoch
-            phase = "joint"
-            if strategy == "separate":
-                phase = "pwtp" if epoch < separate_epochs else "recogniser"
-            set_train_mode(model, frozen_bn=frozen_bn, freeze_representation=phase == "recogniser")
-            sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_dataset, batch_size=per_process, drop_last=True, num_workers=num_workers,
-                sampler=_SkipSampler(sampler, state.batch_in_epoch * per_process),
-                pin_memory=device.type == "cuda", persistent_workers=False,
-                generator=torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank))
-            finished = train_one_epoch(
-                model=model, ddp_model=ddp_model, loader=loader, optimizer=optimizer, scaler=scaler, state=state,
-                steps_this_epoch=steps_per_epoch, total_steps=total_steps, lr_of_step=lr_of_step, strategy=strategy,
-                alpha=alpha, gamma=gamma, lam=lam, normalize=normalize, phase=phase, accumulation_steps=accumulation_steps,
-                label_smoothing=label_smoothing, clip_grad_norm=clip_grad_norm, device=device, amp=amp, logger=logger,
-                progress=progress, save=save, checkpoint_every=checkpoint_every_steps, max_steps=max_steps,
-                nan_at_step=nan_at_step, sleep_per_step=sleep_per_step)
+        while state.epoch < optim.epochs:
+            set_train_mode(model, frozen_bn=frozen_bn, freeze_representation=not strategy.phase(state.epoch).train_theta1)
+            loader = _epoch_loader(train_dataset, sampler, state, batch_size=per_process, num_workers=num_workers,
+                                   seed=seed, device=device)
+            finished = train_one_epoch(loop, loader, state, logger=logger, after_step=after_step)
             if not finished:
-                if not (checkpoint_every_steps and state.step % checkpoint_every_steps == 0):
+                if not (checkpoint.every_steps and state.step % checkpoint.every_steps == 0):
                     save()
+                if stop.stopped:
+                    error = stop.error(state.step, total_steps, checkpoints.last if checkpoint.enabled else None)
+                    logger.print(str(error))
+                    raise error
                 break
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
-            save(epoch_file=keep_every_epoch)
-            due = eval_every_epochs and (state.epoch % eval_every_epochs == 0)
-            if val_dataset is not None and (due or state.epoch == epochs):
-                result = evaluate(model, val_dataset, device=device, batch_size=eval_batch_size,
-                                  num_workers=num_workers, amp=amp)
-                result.update(epoch=state.epoch, step=state.step)
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            save(epoch_file=checkpoint.keep_every_epoch)
+            due = evaluation.every_epochs and (state.epoch % evaluation.every_epochs == 0)
+            if val_dataset is not None and (due or state.epoch == optim.epochs):
+                result = validate()
                 if rank == 0:
                     write_json(result, out_dir / "eval.json")
                     logger.log_eval(result, state.step)
                     print(f"epoch {state.epoch} step {state.step}: clip top1 {result['clip']['top1']:.2f} "
                           f"video top1 {result['video']['top1']:.2f}", flush=True)
         if finished and val_dataset is not None and not result:
-            # resumed after the last epoch ended (nothing left to train): evaluate once
-            result = evaluate(model, val_dataset, device=device, batch_size=eval_batch_size, num_workers=num_workers,
-                              amp=amp)
-            result.update(epoch=state.epoch, step=state.step)
+            result = validate()  # resumed after the last epoch ended (nothing left to train): evaluate once
     finally:
+        stop.restore()
         logger.close()
     return result
+
+
+def autocast_dtype(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: ``amp_dtype`` ("float16" | "bfloat16") on CUDA, None (full
+    precision) without ``amp`` or off CUDA.  bfloat16 on a GPU without it is a one-line error."""
+    if not amp or device.type != "cuda":
+        return None
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("optim.amp_dtype=bfloat16: this GPU has no bfloat16; use float16")
+    return getattr(torch, amp_dtype)
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """GPU options of a model, in place: ``channels_last`` puts every 4-D weight in
+    ``torch.channels_last`` and every 5-D one in ``torch.channels_last_3d`` (convolutions then
+    run, and return, channels-last); ``compile`` compiles the backbone (``nn.Module.compile``, so
+    the state-dict keys stay the same and PWTP's own backward for MGDA is untouched)."""
+    if channels_last:
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.dim() in formats:
+                t.data = t.data.contiguous(memory_format=formats[t.dim()])
+    if compile:
+        model.backbone.compile()
+    return model
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum over ``build_param_groups`` (the recipe's multipliers and weight decay)."""
+    groups = build_param_groups(model, weight_decay=optim.weight_decay, classifier_lr_mult=optim.classifier_lr_mult,
+                                classifier_wd_mult=optim.classifier_wd_mult,
+                                representation_lr_mult=optim.representation_lr_mult,
+                                representation_wd_mult=optim.representation_wd_mult)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+
+
+def _schedule(optim: OptimConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    return functools.partial(lr_at, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=optim.lr,
+                             min_lr=optim.min_lr, warmup_start_factor=optim.warmup_start_factor)
+
+
+def _per_process_batch(batch_size: int, accumulation_steps: int) -> int:
+    """The micro-batch of one process: the global ``batch_size`` / (world size x accumulation)."""
+    world = get_world_size()
+    per_process = batch_size // (world * accumulation_steps)
+    if per_process < 1 or per_process * world * accumulation_steps != batch_size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of world_size {world} x accumulation_steps "
+                         f"{accumulation_steps}")
+    return per_process
+
+
+def _epoch_loader(dataset: Dataset, sampler, state: TrainState, *, batch_size: int, num_workers: int, seed: int,
+                  device: torch.device) -> DataLoader:
+    """The loader of epoch ``state.epoch`` from micro-batch ``state.batch_in_epoch`` on (exact resume)."""
+    sampler.set_epoch(state.epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(state.epoch)  # per-sample augmentation keyed by (seed, epoch, index); workers copy it
+    return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
+                      sampler=_SkipSampler(sampler, state.batch_in_epoch * batch_size),
+                      pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=ignore_stop_signals,
+                      generator=torch.Generator().manual_seed(seed * 100_003 + state.epoch * 1_009 + get_rank()))
+
+
+def _fresh(checkpoints: RunCheckpoints) -> TrainState:
+    if checkpoints.last.exists():
+        raise ValueError(f"{checkpoints.last} exists: add --resume (or checkpoint.resume=auto) to continue that run, "
+                         "or choose another log.out_dir")
+    return TrainState()
+
+
+def _resume(checkpoints: RunCheckpoints, total_steps: int) -> TrainState:
+    ck = checkpoints.restore()
+    state = TrainState(step=ck["step"], epoch=ck["epoch"], batch_in_epoch=ck["batch_in_epoch"],
+                       last_checkpoint=str(checkpoints.last))
+    if ck.get("total_steps") not in (None, total_steps):
+        warnings.warn(f"resuming with {total_steps} total steps, the checkpoint had {ck['total_steps']}: "
+                      "the schedule differs", stacklevel=3)
+    if get_rank() == 0:
+        print(f"resumed from {checkpoints.last} at step {state.step} (epoch {state.epoch})", flush=True)
+    return state
+
+
+def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` wrapped by ``DistributedDataParallel`` under torchrun (``module`` itself on one process)."""
+    if not is_distributed():
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _criterion(label_smoothing: float, state: TrainState, *, nan_at_step: int = 0) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy with label smoothing; ``nan_at_step`` (tests): NaN at that step (counted from 1)."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if not nan_at_step:
+        return criterion
+
+    def with_fault(logits: Tensor, label: Tensor) -> Tensor:
+        loss = criterion(logits, label)
+        return loss * float("nan") if state.step + 1 == nan_at_step else loss
+
+    return with_fault

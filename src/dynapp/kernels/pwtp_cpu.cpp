@@ -1,4 +1,4 @@
-// Fused CPU kernels of the rank-one (D = 1) dynamic appearance, for dynapp/pwtp_cpu.py.
+// Fused CPU kernels of the rank-one (D = 1) dynamic appearance, for dynapp/kernels/pwtp_cpu.py.
 //
 // Plain C ABI (called through ctypes, no Python or torch headers, so it builds in about two
 // seconds with the system compiler).  One call does the whole per-pixel arithmetic of

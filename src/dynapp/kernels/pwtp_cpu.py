@@ -1,6 +1,9 @@
 """Fused CPU kernel for the rank-one dynamic appearance (the default PWTP, D = 1).
 
-The eager path (:class:`dynapp.pwtp._RankOneDA`) already avoids the clip-sized residual, but
+PWTP runs it when ``PWTP(impl=...)`` says so (:func:`dynapp.pwtp.choose_impl` holds the rule);
+nothing in this module decides which implementation runs, and it does not import dynapp.pwtp.
+
+The reference path (:class:`dynapp.pwtp._RankOneDA`) already avoids the clip-sized residual, but
 on a CPU every elementwise PyTorch op is a separate pass over memory: the projection costs
 about a dozen passes over frame- and clip-sized tensors plus the upsampled A (N, T, H, W) and
 its gradient.  ``pwtp_cpu.cpp`` does the same arithmetic in one pass over the clip forward and
@@ -10,13 +13,13 @@ matrix product done here), so A at full resolution is never written.
 The kernel is plain C++ with a C ABI, compiled with the system compiler (``$CXX`` or ``c++``)
 the first time it is needed (about 2 s) into ``$DYNAPP_CACHE`` (default
 ``~/.cache/dynapp``), and called through ctypes, which releases the GIL.  Where it cannot be
-built (no compiler), PWTP falls back to the eager path with one warning; ``DYNAPP_NO_KERNEL=1``
-chooses the eager path silently.  The two agree to rounding (``tests/test_pwtp_cpu.py``).
+built (no compiler), :func:`available` is False after one warning and ``PWTP(impl="auto")`` runs
+the reference path; ``DYNAPP_NO_KERNEL=1`` makes :func:`available` False without a warning.
+The two agree to rounding (``tests/test_pwtp_cpu.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -33,8 +36,6 @@ import torch
 
 __all__ = [
     "available",
-    "disabled",
-    "enabled",
     "supports",
     "rank_one_dynamic_appearance",
     "relation_descriptor",
@@ -139,7 +140,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def _library() -> ctypes.CDLL | None:
-    """The loaded kernel, compiling it on first use; None (and one warning) where it cannot be built."""
+    """The loaded kernel, compiling it on first use; None (and one warning) where it cannot be built.
+
+    ``DYNAPP_NO_KERNEL=1`` (or any value but "" and "0") gives None without building or warning.
+    """
     if "lib" in _state:
         return _state["lib"]
     with _lock:
@@ -159,35 +163,21 @@ def _library() -> ctypes.CDLL | None:
         return lib
 
 
-@contextlib.contextmanager
-def disabled():
-    """Within this context PWTP takes the PyTorch path (e.g. to count FLOPs op by op)."""
-    previous = _state.get("off", False)
-    _state["off"] = True
-    try:
-        yield
-    finally:
-        _state["off"] = previous
-
-
 def available() -> bool:
     """True if the fused CPU kernel is built and loaded (builds it on first call)."""
     return _library() is not None
 
 
-def enabled() -> bool:
-    """True if PWTP uses the fused kernel on the CPU: built, loaded and not within :func:`disabled`."""
-    return not _state.get("off", False) and available()
-
-
 def supports(x: torch.Tensor, rank: int) -> bool:
-    """Whether :func:`rank_one_dynamic_appearance` can take this clip (else use the eager path)."""
+    """Whether :func:`rank_one_dynamic_appearance` can take this clip: D = 1, a float32/float64
+    CPU tensor that does not require grad (the kernel gives no gradient for the clip), and the
+    kernel is :func:`available`."""
     return (
         rank == 1
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not x.requires_grad
-        and enabled()
+        and available()
     )
 
 
@@ -196,7 +186,7 @@ def linear_interpolation(n_in: int, n_out: int, dtype: torch.dtype) -> tuple[tor
     """1-D linear interpolation, align_corners=False (PyTorch's rule), as index pairs and weights.
 
     Returns (i0, i1, lam) of length n_out with ``out[k] = (1 - lam[k]) in[i0[k]] + lam[k] in[i1[k]]``,
-    the same rule as :func:`dynapp.pwtp._bilinear_matrix`.
+    the same rule as :func:`dynapp.pwtp._bilinear_matrix` (tests/test_pwtp_cpu.py checks they agree).
     """
     dst = torch.arange(n_out, dtype=torch.float64)
     src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
@@ -265,11 +255,28 @@ class _FusedRankOneDA(torch.autograd.Function):
         return None, g_zc, None, None, None
 
 
+def _check_inputs(x: torch.Tensor, zc: torch.Tensor) -> None:
+    if x.requires_grad:
+        raise ValueError("the fused kernel gives no gradient for the clip; use dynapp.pwtp.dynamic_appearance")
+    if x.dim() not in (5, 6) or zc.dim() != 4:
+        raise ValueError(f"expected x (N, C, T, H, W) or (N, S, C, T, H, W) and zc (N, T, h, W); "
+                         f"got {tuple(x.shape)} and {tuple(zc.shape)}")
+    (N, _, T, _, W), _ = _clip_layout(x)
+    if zc.shape[:2] != (N, T) or zc.shape[3] != W:
+        raise ValueError(f"zc must have shape ({N}, {T}, h, {W}) for x {tuple(x.shape)}; got {tuple(zc.shape)}")
+
+
 # torch.compile must not trace into the ctypes calls (it would hand fake tensors' pointers to the
 # kernel): the fused functions are graph breaks, run eagerly.
 @torch.compiler.disable
 def rank_one_dynamic_appearance(
-    x: torch.Tensor, zc: torch.Tensor, eps: float, need_static: bool = False, remove: bool = False
+    x: torch.Tensor,
+    zc: torch.Tensor,
+    eps: float,
+    need_static: bool = False,
+    remove: bool = False,
+    *,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DA, per-sample ENoPR and (on request) the static appearance for D = 1, fused on the CPU.
 
@@ -280,15 +287,11 @@ def rank_one_dynamic_appearance(
     Returns ``(da, enopr, static or None)`` per sample, equal to
     :func:`dynapp.pwtp.dynamic_appearance` on the fully upsampled A.  ``remove=True`` gives the
     leak-free DA (``static="remove"`` there); ENoPR and static do not depend on it.
+    ``check=False`` skips the shape checks (PWTP has checked the clip already).
     """
-    if x.requires_grad:
-        raise ValueError("the fused kernel gives no gradient for the clip; use dynapp.pwtp.dynamic_appearance")
-    if x.dim() not in (5, 6) or zc.dim() != 4:
-        raise ValueError(f"expected x (N, C, T, H, W) or (N, S, C, T, H, W) and zc (N, T, h, W); "
-                         f"got {tuple(x.shape)} and {tuple(zc.shape)}")
-    (N, _, T, H, W), _ = _clip_layout(x)
-    if zc.shape[:2] != (N, T) or zc.shape[3] != W:
-        raise ValueError(f"zc must have shape ({N}, {T}, h, {W}) for x {tuple(x.shape)}; got {tuple(zc.shape)}")
+    if check:
+        _check_inputs(x, zc)
+    H, W = x.shape[-2:]
     if (W > 1 and x.stride(-1) != 1) or (H > 1 and x.stride(-2) != W):  # other strides are free
         x = x.contiguous()
     out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static, bool(remove))

@@ -1,4 +1,4 @@
-"""TVNet: TV-L1 optical flow unrolled into a differentiable, learnable network.
+"""TVNet: TV-L1 optical flow unrolled into a differentiable, learnable network, and ``flow_tvnet``.
 
 Fan, Huang, Gan, Ermon, Gong and Huang, "End-to-End Learning of Motion Representation for
 Video Understanding", CVPR 2018; one of the flow baselines Dynamic Appearance is compared
@@ -34,21 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynapp.flow import IMAGENET_MEAN, IMAGENET_STD
+from dynapp.representations.base import Representation, RepresentationOutput
+from dynapp.representations.flow import normalised_to_gray255
+from dynapp.segments import unfold_segments
 
-__all__ = ["TVNet", "normalised_to_gray255", "warp"]
+__all__ = ["TVNet", "TVNetFlow", "normalised_to_gray255", "warp"]
 
-_LUMA = (0.299, 0.587, 0.114)
 _EPS = 1e-12
-
-
-def normalised_to_gray255(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Differentiable un-normalisation + BT.601 luma: (N, 3, F, H, W) -> (N, F, H, W) in [0, 255]."""
-    shape = (1, 3, 1, 1, 1)
-    m = clip.new_tensor(mean).view(shape)
-    s = clip.new_tensor(std).view(shape)
-    w = clip.new_tensor(_LUMA).view(shape)
-    return ((clip * s + m) * w).sum(1) * 255
 
 
 def warp(img: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
@@ -185,3 +177,40 @@ class TVNet(nn.Module):
                 u2 = F.interpolate(u2, size=(h, w), mode="bilinear", align_corners=False) * sh
             u1, u2 = self._solve_level(a, b, u1, u2)
         return u1, u2
+
+
+class TVNetFlow(Representation):
+    """TVNet flow (learnable unrolled TV-L1, Fan et al. CVPR 2018) within each segment: (N, 2*(T-1), S, H, W).
+
+    The same layout and scaling as :class:`dynapp.representations.flow.OpticalFlow` (x/y per
+    consecutive pair, clipped to +-``bound`` px, divided by ``bound``) but differentiable end to
+    end; the module is ``.tvnet`` (trainable stencils and tau, lambda, theta).  ``kwargs`` go to
+    :class:`TVNet` (scales, warps, iterations, ...).
+    """
+
+    name = "flow"
+    # Differentiable and in PyTorch, but every step is element-wise (the stencils are shifted
+    # sums): FLOP counting by multiply-adds of convolutions and matrix products would report 0.
+    countable = False
+
+    @classmethod
+    def channels_per_frame(cls, in_channels: int, frames: int) -> int:
+        return 2 * (frames - 1)
+
+    def __init__(self, segments: int, frames: int, in_channels: int = 3, bound: float = 20.0, **kwargs):
+        if in_channels != 3:
+            raise ValueError(f"flow is computed from RGB clips (in_channels=3), got in_channels={in_channels}")
+        super().__init__(segments, frames, in_channels)
+        self.bound = bound
+        self.tvnet = TVNet(**kwargs)
+
+    def forward(self, clip: torch.Tensor) -> RepresentationOutput:
+        x = self._split(clip)  # (N, C, S, T, H, W)
+        T, H, W = x.shape[3:]
+        gray = normalised_to_gray255(clip).reshape(-1, T, H, W)  # (N*S, T, H, W): no channel axis, a reshape
+        i0 = gray[:, :-1].reshape(-1, 1, H, W)  # (N*S*(T-1), 1, H, W)
+        i1 = gray[:, 1:].reshape(-1, 1, H, W)
+        u1, u2 = self.tvnet(i0, i1)
+        flow = torch.cat([u1, u2], 1).clamp(-self.bound, self.bound) / self.bound  # (N*S*(T-1), 2, H, W)
+        flow = unfold_segments(flow.reshape(-1, 2 * (T - 1), H, W), self.segments)  # (N, 2*(T-1), S, H, W)
+        return RepresentationOutput(flow.to(clip.dtype))

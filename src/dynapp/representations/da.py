@@ -1,0 +1,38 @@
+"""Dynamic Appearance (Huang and Bors, AAAI 2023): PWTP on every segment, the ``pwtp`` representation."""
+
+from __future__ import annotations
+
+import torch
+
+from dynapp.pwtp import PWTP
+from dynapp.representations.base import Representation, RepresentationOutput
+from dynapp.segments import unfold_segments
+
+__all__ = ["DynamicAppearance"]
+
+
+class DynamicAppearance(Representation):
+    """Dynamic Appearance (Huang and Bors, AAAI 2023): PWTP on every segment at once.
+
+    The S segments are treated as N*S samples (``PWTP(clip, segments=S)``), so one PWTP call (and
+    one BatchNorm batch in its MLP) covers all N*S segments.  On the fused CPU path the clip is
+    never copied: conv F runs on it as it is and the kernel reads each segment in place; the
+    reference path folds (N, C, S*T, H, W) -> (N*S, C, T, H, W), which copies the clip when N and
+    S are both > 1 (C sits between N and S).  A 2-D backbone's
+    ``frames.transpose(1, 2).reshape(N*S, C, H, W)`` is again a view.
+    Output: DA frames (N, C, S, H, W) (a permuted view) and
+    ``aux_loss`` = ENoPR averaged over all N*S segments (Eq. 8).  ``kwargs`` go to
+    :class:`dynapp.PWTP` (rank, kernel_size, stride, channels, static, impl, ...); the module is
+    ``.pwtp``.
+    """
+
+    name = "pwtp"
+    has_aux_loss = True
+
+    def __init__(self, segments: int, frames: int, in_channels: int = 3, **kwargs):
+        super().__init__(segments, frames, in_channels)
+        self.pwtp = PWTP(frames=frames, in_channels=in_channels, **kwargs)
+
+    def forward(self, clip: torch.Tensor) -> RepresentationOutput:
+        out = self.pwtp(clip, segments=self.segments)  # checks the clip's shape; (N*S, C, H, W)
+        return RepresentationOutput(unfold_segments(out.dynamic, self.segments), out.enopr.mean())
