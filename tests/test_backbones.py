@@ -391,3 +391,9 @@ def test_mismatched_pretrained_file_names_the_keys(tmp_path):
     torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match="foo.weight"):
         build_backbone("small2d", num_segments=2, pretrained=str(path))
+
+
+def test_cli_backbone_names_match_the_dict():
+    from dynapp import names
+
+    assert names.BACKBONES == tuple(BACKBONES)

@@ -98,7 +98,7 @@ def test_predict_takes_uint8_and_normalised_float_clips(trained, new_videos):
     views = rec.load_views(path)
     assert views.dtype == torch.uint8 and views.shape == (1, *rec.clip_shape)
     from_uint8 = rec.probabilities(views)
-    from_float = rec.probabilities(normalize(views))
+    from_float = rec.probabilities(normalize(views, channel_dim=1))  # a batch (N, C, T, H, W)
     torch.testing.assert_close(from_uint8, from_float, rtol=0, atol=1e-6)
     assert rec.predict(views[0], topk=1)[0][0] == name_of(rec, colour)  # one clip (C, S*T, H, W)
     batch = rec.predict(views.expand(2, -1, -1, -1, -1), topk=1)  # a batch: one list per clip

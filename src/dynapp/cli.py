@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dynapp.names import REPRESENTATIONS
+from dynapp.names import BACKBONES, REPRESENTATIONS
 
 app = typer.Typer(
     help="dynapp: Dynamic Appearance (PWTP) for video action recognition.",
@@ -30,7 +30,7 @@ def version() -> None:
 @app.command()
 def flops(
     representation: str = typer.Option("rgb", help=", ".join(REPRESENTATIONS)),
-    backbone: str = typer.Option("tsm_resnet50", help="tsm_resnet50, x3d_xs, x3d_m, vit_b16, small2d, small3d"),
+    backbone: str = typer.Option("tsm_resnet50", help=", ".join(BACKBONES)),
     num_classes: int = typer.Option(174, help="classifier outputs"),
     segments: int = typer.Option(8, help="S, segments per clip"),
     frames: int = typer.Option(1, help="T, frames per segment"),
