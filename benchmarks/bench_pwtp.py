@@ -9,7 +9,9 @@ of a shared machine cancels out.
     python benchmarks/bench_pwtp.py [--repeats 15] [--batch 8] [--size 224] [--compile]
 
 It prints a table and, last, one JSON line with the times (ms), the ratios to the floor and the
-keys ``forward_ratio`` and ``train_ratio`` (D = 1, the default configuration, default path).
+keys ``forward_ratio`` and ``train_ratio`` (D = 1, the default configuration, default path),
+and ``D1_impl``/``D3_impl``: what ``PWTP(impl="auto")`` ran.  The ``leak_free`` row is
+``PWTP(static="remove")`` with the same weights.
 "Forward + backward" is PWTP's own: the backward starts from fixed upstream gradients for
 (dynamic, enopr), as a backbone would hand them over.  ``train_with_loss_ratio`` times
 ``(dynamic.square().mean() + enopr.mean()).backward()`` instead, which adds a loss and its
@@ -144,6 +146,11 @@ def main() -> None:
         with torch.no_grad():  # the fast path computes the same thing as the naive one
             fast, naive = pwtp(x[:2]), NaivePWTP(pwtp)(x[:2])
             result[f"D{rank}_max_abs_diff_vs_naive"] = float((fast.dynamic - naive.dynamic).abs().max())
+            result[f"D{rank}_impl"] = dict(pwtp.last_impl._asdict())  # what "auto" ran (forward, no grad)
+        if rank == 1:  # the leak-free DA (static="remove"), same weights: what the option costs
+            leak_free = PWTP(frames=args.frames, rank=rank, static="remove").train()
+            leak_free.load_state_dict(pwtp.state_dict())
+            variants.append(("leak_free", leak_free))
         if args.compile:
             variants.append(("compiled", torch.compile(pwtp)))
 

@@ -19,7 +19,9 @@ from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _frame_levels(clip: torch.Tensor) -> np.ndarray:
-    """Per-frame mean grey level (0..255) of a normalised (3, T, H, W) clip."""
+    """Per-frame mean grey level (0..255) of a uint8 or a normalised float (3, T, H, W) clip."""
+    if clip.dtype == torch.uint8:
+        return clip.float().mean(dim=(0, 2, 3)).numpy()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     return ((clip * std + mean) * 255).mean(dim=(0, 2, 3)).numpy()
@@ -45,14 +47,15 @@ def folder_dataset(tmp_path_factory):
     return root
 
 
-def test_training_items_are_normalised_rgb_clips_of_the_crop_size(folder_dataset):
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_training_items_are_rgb_clips_of_the_crop_size(folder_dataset, dtype):
     torch.manual_seed(0)
-    ds = build_dataset("folder", folder_dataset, train=True, segments=2, frames=4, crop_size=16)
+    ds = build_dataset("folder", folder_dataset, train=True, segments=2, frames=4, crop_size=16, dtype=dtype)
     assert len(ds) == 6 and ds.classes == ["a", "b"] and ds.flip
     names = [a.path.name for a in ds.items]
     for i in range(len(ds)):
         clip, label, video = ds[i]
-        assert clip.shape == (3, 8, 16, 16) and clip.dtype == torch.float32
+        assert clip.shape == (3, 8, 16, 16) and clip.dtype == getattr(torch, dtype) and clip.is_contiguous()
         assert video == i and label == (0 if i < 3 else 1), names[i]
         levels = _frame_levels(clip)
         index = np.round((levels - 16) / 8)
@@ -88,7 +91,7 @@ def test_three_crops_cover_left_centre_right(monkeypatch):
     ds = VideoDataset([Annotation(Path("unused"), 0)], segments=1, frames=2, train=False,
                       crop_size=8, num_crops=3)
     clip = torch.from_numpy(img).permute(3, 0, 1, 2)  # (3, T, 8, 24)
-    monkeypatch.setattr("dynapp.data.dataset._load_clip", lambda *a, **k: clip)
+    monkeypatch.setattr("dynapp.data.dataset._load_clip", lambda *a, **k: (clip, clip.shape[1]))
     levels = [float(_frame_levels(ds[i][0]).mean()) for i in range(3)]
     assert np.allclose(levels, [30, 120, 220], atol=1)
 
@@ -172,3 +175,45 @@ def test_ssv1_defaults_to_no_flip_and_dense_sampling_works(tmp_path):
     assert clip.shape == (3, 8, 16, 16) and label == 1 and video == 0
     with pytest.raises(ValueError, match="unknown sampling"):
         build_dataset("ssv1", tmp_path, train=True, segments=2, frames=4, sampling="sparse")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_model_scores_uint8_items_as_it_scores_float_items(folder_dataset, train):
+    from dynapp.model import build_model
+
+    kw = dict(train=train, segments=2, frames=4, crop_size=16)
+    clips = {}
+    for dtype in ("uint8", "float32"):
+        ds = build_dataset("folder", folder_dataset, dtype=dtype, **kw)
+        torch.manual_seed(0)
+        clips[dtype] = next(iter(DataLoader(ds, batch_size=6, num_workers=1)))[0]  # (N, 3, S*T, H, W)
+    u8, f32 = clips["uint8"], clips["float32"]
+    assert u8.dtype == torch.uint8 and f32.dtype == torch.float32 and u8.shape == f32.shape
+    assert u8.element_size() * 4 == f32.element_size()
+    torch.manual_seed(0)
+    model = build_model(representation="pwtp", backbone="small2d", num_classes=2, segments=2, frames=4).eval()
+    with torch.no_grad():
+        a, b = model(u8), model(f32)
+        assert (a.logits - b.logits).abs().max() <= 1e-6 and (a.aux_loss - b.aux_loss).abs() <= 1e-6
+        # separate PWTP training calls the representation alone: it is normalised there too
+        da_u8, da_f32 = model.representation(u8).frames, model.representation(f32).frames
+        assert (da_u8 - da_f32).abs().max() <= 1e-6
+
+
+def test_frame_counts_of_headerless_containers_are_counted_once_and_options_are_checked(tmp_path, monkeypatch):
+    from dynapp.data.decode import _PyAVVideo
+
+    (tmp_path / "a").mkdir()
+    write_video(tmp_path / "a/v.mkv", ramp_frames(20, 24, 32), codec="libx265")  # MKV: no frame count
+    ds = build_dataset("folder", tmp_path, train=False, segments=2, frames=4, crop_size=16)
+    first, _, _ = ds[0]
+    calls = []
+    original = _PyAVVideo._count_packets
+    monkeypatch.setattr(_PyAVVideo, "_count_packets", lambda self: calls.append(1) or original(self))
+    again, _, _ = ds[0]
+    assert calls == [] and torch.equal(first, again)
+    assert np.abs(_frame_levels(again) - (16 + 8 * tsn_indices(20, 2, 4, train=False))).max() < 3
+    with pytest.raises(ValueError, match="dtype"):
+        build_dataset("folder", tmp_path, train=True, segments=2, frames=4, dtype="float16")
+    with pytest.raises(ValueError, match="decode_threads"):
+        build_dataset("folder", tmp_path, train=True, segments=2, frames=4, decode_threads=-1)

@@ -37,22 +37,72 @@ def test_codecs_give_the_requested_frames_in_order(videos, kind):
     assert _decoded_index(clip).tolist() == idx
 
 
-def test_seeking_matches_decoding_from_the_start(tmp_path):
-    # Long GOPs and B-frames (x264 defaults) plus a keyframe every 10 frames to force real seeks.
-    path = write_video(tmp_path / "long.mp4", ramp_frames(120, 16, 16, step=2), options={"g": "10"})
+def _panning(num_frames: int, size: int = 32) -> np.ndarray:
+    """(T, H, W, 3) frames of a smooth texture moving 1 px per frame: encoders use P and B frames."""
     rng = np.random.default_rng(0)
-    with open_video(path) as video:
+    small = Image.fromarray(rng.integers(0, 256, (size // 4, 2 * size // 4, 3), dtype=np.uint8))
+    texture = np.asarray(small.resize((2 * size + num_frames, 2 * size), Image.BICUBIC))
+    return np.stack([texture[:size, t:t + size] for t in range(num_frames)])
+
+
+# A keyframe every 10 frames forces real seeks; B-frames give the skipped (unreferenced) frames.
+SEEK_CODECS = {
+    "h264": ("mp4", "libx264", {"g": "10", "x264-params": "bframes=3:b-adapt=0"}),
+    "mpeg4": ("avi", "mpeg4", {"g": "10", "bf": "2"}),
+    "hevc": ("mkv", "libx265", {"g": "10", "x265-params": "log-level=none:bframes=3"}),
+}
+
+
+@pytest.fixture(scope="module")
+def seek_videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seek")
+    frames = _panning(120)
+    return {name: write_video(d / f"long.{ext}", frames, codec=codec, options=opts)
+            for name, (ext, codec, opts) in SEEK_CODECS.items()}
+
+
+def _reference(video, idx) -> torch.Tensor:
+    """The frames ``idx`` by decoding every frame from the start (no seeking, no skipping)."""
+    ref = video._decode_counting(np.unique(idx), lambda f: f.to_ndarray(format="rgb24"))
+    return torch.from_numpy(np.stack([ref[int(i)] for i in idx])).permute(3, 0, 1, 2)
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+@pytest.mark.parametrize("codec", sorted(SEEK_CODECS))
+def test_seeking_and_skipping_give_the_frames_of_a_full_decode(seek_videos, codec, threads):
+    rng = np.random.default_rng(0)
+    with open_video(seek_videos[codec], threads=threads) as video:
+        assert video.num_frames == 120
         video.SEEK_GAP = 4  # seek often
-        for _ in range(6):
-            idx = np.sort(rng.choice(120, size=8, replace=False))
-            via_seek = video.read(idx)
-            wanted = np.unique(idx)
-            ref = video._decode_counting(wanted, lambda f: f.to_ndarray(format="rgb24"))
-            expected = torch.from_numpy(np.stack([ref[int(i)] for i in idx])).permute(3, 0, 1, 2)
-            assert torch.equal(via_seek, expected)
-            # and the content says which frame it is (levels 16 + 2 t)
-            means = via_seek.float().mean(dim=(0, 2, 3)).numpy()
-            assert np.abs(means - (16 + 2 * idx)).max() < 2.5
+        cases = [np.sort(rng.choice(120, size=8, replace=False)) for _ in range(4)]
+        cases += [np.arange(30, 38), np.array([3, 3, 60, 119]), np.arange(0, 120, 8)]
+        for idx in cases:
+            assert torch.equal(video.read(idx), _reference(video, idx)), (codec, idx)
+
+
+@pytest.mark.parametrize("codec", sorted(SEEK_CODECS))
+def test_decoding_stops_at_the_last_wanted_frame_and_skips_unreferenced_frames(seek_videos, codec):
+    with open_video(seek_videos[codec]) as video:
+        decoded = []
+        frames_from_here = video._frames_from_here
+
+        def counting(wanted):
+            for frame in frames_from_here(wanted):
+                decoded.append(frame.pts)
+                yield frame
+
+        video._frames_from_here = counting
+        video.read([2, 5])
+        assert len(decoded) <= 6 + 4, codec  # frames 0-5 plus the B-frame reordering delay
+        decoded.clear()
+        video.SEEK_GAP = 1000  # one pass over the video, from its first frame
+        idx = [0, 40, 80, 119]
+        clip = video.read(idx)
+        skipped = len(decoded)
+        decoded.clear()
+        assert torch.equal(clip, _reference(video, idx))
+        assert len(decoded) == 120  # the reference decodes every frame
+        assert skipped < 120, codec  # unreferenced frames between the wanted ones were dropped
 
 
 @pytest.mark.parametrize("size", [(48, 20), (13, 27), (7, 5)])  # portrait, odd, tiny (H, W)
@@ -153,3 +203,17 @@ def test_jpeg_frame_folder_downscaled_while_decoding(tmp_path):
     clip = read_frames(tmp_path, [5, 0, 3], short_side=12)  # JPEG draft mode, then an exact resize
     assert clip.shape == (3, 3, 12, 16)
     assert _decoded_index(clip).tolist() == [5, 0, 3]
+
+
+def test_jpeg_folders_decode_with_libjpeg_turbo_like_pil_and_name_a_broken_frame(tmp_path):
+    frames = _panning(6)
+    for t, img in enumerate(frames):
+        Image.fromarray(img).save(tmp_path / f"{t + 1:05d}.jpg", quality=90)
+    Image.fromarray(frames[0][..., 0]).save(tmp_path / "00007.jpg")  # a grey JPEG comes out RGB
+    clip = read_frames(tmp_path, [6, 0, 3, 3])
+    with_pil = torch.from_numpy(np.stack([np.asarray(Image.open(tmp_path / f"{i + 1:05d}.jpg").convert("RGB"))
+                                          for i in (6, 0, 3, 3)])).permute(3, 0, 1, 2)
+    assert clip.shape == (3, 4, 32, 32) and torch.equal(clip, with_pil)
+    (tmp_path / "00004.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(VideoDecodeError, match="00004.jpg"):
+        read_frames(tmp_path, [0, 3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster_util import (ENV, assert_bitwise_equal, final_model, read_csv, torchrun, torchrun_workers, train_args,
+                          wait_for_rows)
 from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.config import load_config
 from dynapp.engine.distributed import ExactShardSampler, all_reduce_mean, get_world_size, train_sampler
@@ -122,3 +125,66 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     for level in ("clip", "video"):
         for k in ("top1", "top5", "mean_class", "count"):
             assert again[level][k] == pytest.approx(result[level][k]), (level, k)
+
+
+# Real clips (tests/cluster_util.py: H.264 files, multi-scale crops and flips, 2 loader workers per
+# process), 2 epochs of 2 steps, global batch 4 as 2 processes x 2 micro-batches or 1 x 4.
+def _real(clips, out, *extra):
+    return train_args(clips, out, "model.dropout=0", "optim.batch_size=4", "optim.epochs=2", "data.num_workers=2",
+                      "eval.clips=2", *extra)
+
+
+@pytest.fixture(scope="module")
+def ddp_real(clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_real")
+    proc = subprocess.run(torchrun(*_real(clips, out, "optim.accumulation_steps=2")), capture_output=True, text=True,
+                          timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_two_gloo_processes_match_one_on_real_clips_with_augmentation(clips, ddp_real, tmp_path):
+    one = tmp_path / "one"
+    run_from_config(load_config(None, _real(clips, one, "optim.accumulation_steps=4")))
+    a, b = load_checkpoint(ddp_real / "checkpoints" / "last.pt"), load_checkpoint(one / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4 and a["world_size"] == 2 and b["world_size"] == 1
+    floats = [k for k, v in a["model"].items() if v.is_floating_point() and "running_" not in k]
+    assert len(floats) > 10
+    for k in floats:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5, rtol=0), k
+    alpha0, alpha1 = _alphas(ddp_real / "train_log.csv"), _alphas(ddp_real / "train_log.rank1.csv")
+    assert len(alpha0) == 4 and alpha0 == alpha1  # every process takes the same alpha ...
+    assert [float(x) for x in alpha0] == pytest.approx([float(x) for x in _alphas(one / "train_log.csv")], abs=1e-5)
+    # ... and evaluation on 2 processes scores each of the 3 videos (x 2 views) exactly once
+    two_eval, one_eval = (json.loads((d / "eval.json").read_text()) for d in (ddp_real, one))
+    assert two_eval["video"]["count"] == 3 and two_eval["clip"]["count"] == 6
+    for level in ("clip", "video"):
+        for k in ("top1", "top5", "mean_class", "count"):
+            assert two_eval[level][k] == pytest.approx(one_eval[level][k]), (level, k)
+
+
+def test_preempting_one_torchrun_process_stops_all_at_the_same_step(clips, ddp_real, tmp_path):
+    # SIGUSR1 to rank 1 only: the collective check makes rank 0 stop after the same step, both
+    # exit 75, one line on rank 0; checkpoint.resume=auto under torchrun ends where ddp_real did.
+    run = tmp_path / "run"
+    # no loader workers here (ddp_real had 2 per process): the result does not depend on them
+    args = _real(clips, run, "optim.accumulation_steps=2", "checkpoint.resume=auto", "data.num_workers=0")
+    proc = subprocess.Popen(torchrun(*args, "debug.sleep_per_step=0.5"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for_rows(proc, run / "train_log.csv", 2)
+    workers = torchrun_workers(proc.pid)
+    assert sorted(workers) == [0, 1]
+    os.kill(workers[1], signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "exitcode  : 75" in err, err[-3000:]
+    lines = [line for line in out.splitlines() if "preempted" in line]
+    assert len(lines) == 1 and lines[0].startswith("preempted (a stop signal sent to another process): stopped after")
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    last = [int(read_csv(run / name)[-1]["step"]) for name in ("train_log.csv", "train_log.rank1.csv")]
+    assert last == [step, step] and 2 <= step < 4
+
+    done = subprocess.run(torchrun(*args), capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_bitwise_equal(final_model(ddp_real), final_model(run))
+    for name in ("train_log.csv", "train_log.rank1.csv"):
+        assert [r["alpha"] for r in read_csv(run / name)] == [r["alpha"] for r in read_csv(ddp_real / name)]

@@ -63,6 +63,13 @@ def test_extract_reads_the_pwtp_of_a_training_checkpoint(tmp_path):
     assert pwtp.frames == 4
     for k, v in model.representation.pwtp.state_dict().items():
         assert torch.equal(pwtp.state_dict()[k], v)
+    # what the weights do not show (the leak-free option, the stride) comes from the run config
+    config = {"model": {"representation": "pwtp", "representation_kwargs": {"static": "remove", "stride": 4}}}
+    leak_free = build_model(representation="pwtp", backbone="small2d", num_classes=3, segments=2, frames=4,
+                            representation_kwargs=config["model"]["representation_kwargs"])
+    ckpt = save_checkpoint({"model": leak_free.state_dict(), "epoch": 1, "config": config}, tmp_path / "leak_free.pt")
+    pwtp = load_pwtp(ckpt)
+    assert pwtp.static == "remove" and pwtp.conv.stride == (1, 4, 4)
 
 
 def test_cli_extract_and_its_one_line_errors(tmp_path):

@@ -135,3 +135,18 @@ def test_bad_names_and_shapes_give_clear_errors():
         model(torch.randn(1, 4, S * T, SIZE, SIZE))  # wrong channel count
     with pytest.raises(ValueError, match=r"\(N, 3, 2, H, W\)"):  # a representation's output that does not fit
         VideoClassifier(REPRESENTATIONS["rgb"](segments=3, frames=1), model.backbone, K)(torch.randn(1, 3, 3, SIZE, SIZE))
+
+
+def test_normalize_at_the_entrance_is_float_passthrough_and_not_in_the_state_dict():
+    from dynapp.data.transforms import normalize
+    from dynapp.model import Normalize
+
+    x = torch.randint(0, 256, (2, 3, S * T, 8, 8), dtype=torch.uint8)
+    norm = Normalize()
+    assert torch.equal(norm(x), normalize(x, channel_dim=1))
+    assert torch.equal(norm(x)[1], normalize(x[1]))  # one clip (C, T, H, W) or a batch: same numbers
+    f = torch.randn(2, 3, S * T, 8, 8)
+    assert norm(f) is f  # float clips are taken as normalised already
+    model = build_model(representation="rgb", backbone="small2d", num_classes=K, segments=S, frames=T)
+    assert not any(k.startswith("normalize") for k in model.state_dict())  # old checkpoints load as they are
+    assert model.normalize.scale.dtype == torch.float32

@@ -15,10 +15,16 @@ import pytest
 import torch
 from torch import nn
 
-from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.config import load_config
+from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.engine.run import run_from_config
-from dynapp.engine.train import NonFiniteLossError, build_param_groups, freeze_batchnorm, lr_at, set_train_mode
+from dynapp.engine.train import (
+    NonFiniteLossError,
+    build_param_groups,
+    freeze_batchnorm,
+    lr_at,
+    set_train_mode,
+)
 
 # A tiny DA model on generated clips: PWTP (2 segments x 4 frames, 32 px) + a small 2D backbone.
 TINY = [
@@ -243,8 +249,8 @@ def test_weighted_strategies_log_their_alpha(strategy, tmp_path):
 
 
 def test_init_from_checkpoint_skips_a_different_head(tmp_path):
-    from dynapp.model import build_model
     from dynapp.engine.run import init_model_from
+    from dynapp.model import build_model
 
     run_from_config(load_config(None, TINY + ["optim.epochs=1", "data.num_classes=4", f"log.out_dir={tmp_path}"]))
     source = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
@@ -311,3 +317,109 @@ def test_separate_under_two_processes_matches_one_process(tmp_path):
     assert all(torch.equal(a[k], a2[k]) for k in a if k.startswith("representation."))
     alphas = [float(r["alpha"]) for r in _read_csv(ddp_dir / "train_log.csv")]
     assert alphas == [1.0, 1.0, 0.0, 0.0]
+
+
+# ---- GPU options: config validation and CPU-checkable plumbing; the rest runs only with CUDA ----
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_gpu_options_are_validated():
+    from dynapp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.amp_dtype: expected float16, bfloat16, got 'float32'"):
+        load_config(None, ["optim.amp_dtype=float32"])
+    with pytest.raises(ConfigError, match="model.compile: expected true/false"):
+        load_config(None, ["model.compile=yes please"])
+    cfg = load_config(None, ["optim.amp_dtype=bfloat16", "model.channels_last=true", "model.compile=true"])
+    assert (cfg.optim.amp_dtype, cfg.model.channels_last, cfg.model.compile) == ("bfloat16", True, True)
+    default = load_config(None, [])
+    assert (default.optim.amp_dtype, default.model.channels_last, default.model.compile) == ("float16", False, False)
+
+
+def test_autocast_dtype_only_on_cuda():
+    from dynapp.engine.train import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(True, "float16", cpu) is None and autocast_dtype(True, "bfloat16", cpu) is None
+    assert autocast_dtype(False, "float16", torch.device("cuda")) is None
+    assert autocast_dtype(True, "float16", torch.device("cuda")) == torch.float16
+    with pytest.raises(ValueError, match="amp_dtype"):
+        autocast_dtype(True, "float32", torch.device("cuda"))
+
+
+def test_pinned_memory_for_cuda_only():
+    from dynapp.engine.distributed import train_sampler
+    from dynapp.engine.train import TrainState, _epoch_loader
+
+    data = [(torch.zeros(3), 0)] * 4
+    for device, pinned in ((torch.device("cpu"), False), (torch.device("cuda"), True)):
+        loader = _epoch_loader(data, train_sampler(data, seed=0), TrainState(), batch_size=2, num_workers=0, seed=0,
+                               device=device)
+        assert loader.pin_memory is pinned
+
+
+@pytest.mark.parametrize("backbone", ["small2d", "small3d", "x3d_xs"])
+def test_channels_last_gives_the_same_training_step(backbone):
+    # channels-last is a memory layout: on CPU too, one SGD step gives the same weights
+    from dynapp.config import OptimConfig
+    from dynapp.engine.train import build_optimizer, prepare_model
+    from dynapp.model import build_model
+
+    kwargs = {"backbone_kwargs": {"widths": [8, 8, 8, 8]}} if backbone.startswith("small") else {}
+    clip = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))  # (N, C, S*T, H, W)
+    label = torch.tensor([0, 1])
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model(representation="pwtp", backbone=backbone, num_classes=2, segments=2, frames=4,
+                            dropout=0.0, **kwargs)
+        prepare_model(model, channels_last=channels_last)
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d} if channels_last else {}
+        converted = [p for p in model.parameters() if p.dim() in formats]
+        assert all(p.is_contiguous(memory_format=formats[p.dim()]) for p in converted)
+        assert converted or not channels_last
+        opt = build_optimizer(model, OptimConfig(lr=0.1))
+        out = model(clip)
+        (nn.functional.cross_entropy(out.logits, label) + out.aux_loss).backward()
+        opt.step()
+        results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-5, rtol=1e-4), k
+
+
+def _cuda_run(tmp_path, *extra):
+    cfg = load_config(None, TINY + ["optim.epochs=1", "max_steps=2", "device=cuda", f"log.out_dir={tmp_path}", *extra])
+    run_from_config(cfg)
+    rows = _read_csv(tmp_path / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["rec_loss"])) for r in rows)
+    return load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_amp_dtypes(dtype, tmp_path):
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bfloat16 on this GPU")
+    ck = _cuda_run(tmp_path, "optim.amp=true", f"optim.amp_dtype={dtype}")
+    assert bool(ck["scaler"]) == (dtype == "float16")  # a GradScaler only for float16
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@cuda
+def test_cuda_channels_last_and_compile(tmp_path):
+    ck = _cuda_run(tmp_path / "cl", "model.channels_last=true")
+    ck2 = _cuda_run(tmp_path / "compiled", "model.compile=true")
+    assert ck["model"].keys() == ck2["model"].keys()  # compiling the backbone keeps the state-dict keys
+    assert not any("_orig_mod" in k for k in ck2["model"])
+
+
+@cuda
+def test_cuda_matches_cpu_in_full_precision(tmp_path):
+    common = TINY + ["optim.epochs=1", "max_steps=2", "optim.amp=false", "deterministic=true", "model.dropout=0"]
+    run_from_config(load_config(None, common + ["device=cpu", f"log.out_dir={tmp_path / 'cpu'}"]))
+    run_from_config(load_config(None, common + ["device=cuda", f"log.out_dir={tmp_path / 'gpu'}"]))
+    a, b = _final_params(tmp_path / "cpu"), _final_params(tmp_path / "gpu")
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k].cpu(), atol=1e-4, rtol=1e-3), k

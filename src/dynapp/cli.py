@@ -103,14 +103,20 @@ def train(
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=0.1 joint.strategy=constant"),
     resume: bool = typer.Option(False, "--resume", help="continue from <log.out_dir>/checkpoints/last.pt"),
 ) -> None:
-    """Train a model (one process, or many under torchrun) and evaluate it; see configs/."""
+    """Train a model (one process, or many under torchrun) and evaluate it; see configs/.
+
+    On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with code 75.
+    """
     from dynapp.engine.checkpoint import CheckpointError
     from dynapp.config import load_config
+    from dynapp.engine.preempt import EXIT_PREEMPTED, Preempted
     from dynapp.engine.run import run_from_config
     from dynapp.engine.train import NonFiniteLossError
 
     try:
         run_from_config(load_config(config, overrides or []), resume=resume)
+    except Preempted:  # the run printed its one line (rank 0) and wrote a checkpoint
+        raise typer.Exit(EXIT_PREEMPTED)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)

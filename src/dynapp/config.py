@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+AMP_DTYPES = ("float16", "bfloat16")  # optim.amp_dtype: torch dtypes of autocast on CUDA
+
+
 class ConfigError(ValueError):
     """A bad configuration: unknown key or bad value (one-line message)."""
 
@@ -72,6 +75,8 @@ class ModelConfig:
     init_from: str | None = None  # a dynapp checkpoint whose matching weights start the whole model (fine-tuning)
     representation_kwargs: dict = field(default_factory=dict)
     backbone_kwargs: dict = field(default_factory=dict)
+    channels_last: bool = False  # convolution weights (so activations) in channels-last memory format (GPU)
+    compile: bool = False  # torch.compile the backbone (nn.Module.compile: state-dict keys unchanged)
 
 
 @dataclass
@@ -93,6 +98,7 @@ class OptimConfig:
     representation_wd_mult: float = 1.0
     freeze_bn: bool = False  # freeze every BatchNorm of the backbone except the first (fine-tuning)
     amp: bool = True  # mixed precision; only ever used on CUDA
+    amp_dtype: str = "float16"  # float16 (with a GradScaler) | bfloat16 (no scaler needed)
 
 
 @dataclass
@@ -120,6 +126,7 @@ class LogConfig:
     tensorboard: bool = True
     csv: bool = True
     progress: bool = True
+    every_steps: int = 20  # console: a line every N steps when stdout is not a terminal (a bar on one)
 
 
 @dataclass
@@ -127,6 +134,7 @@ class CheckpointConfig:
     enabled: bool = True  # false: write no checkpoint at all (smoke tests)
     every_steps: int = 0  # also save every N optimiser steps (0: only at epoch ends)
     keep_every_epoch: bool = False  # keep epoch_XXX.pt besides last.pt
+    resume: str = "never"  # never | auto (continue if checkpoints/last.pt exists, else start) | always (= --resume)
 
 
 @dataclass
@@ -328,6 +336,7 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= o.min_lr <= o.lr, f"optim.min_lr: must be in [0, lr], got {o.min_lr}")
     _check(0.0 <= o.label_smoothing < 1.0, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
     _check(o.clip_grad_norm >= 0, f"optim.clip_grad_norm: must be >= 0 (0 disables), got {o.clip_grad_norm}")
+    _check(o.amp_dtype in AMP_DTYPES, f"optim.amp_dtype: expected {', '.join(AMP_DTYPES)}, got {o.amp_dtype!r}")
     for name in ("classifier_lr_mult", "classifier_wd_mult", "representation_lr_mult", "representation_wd_mult"):
         _check(getattr(o, name) >= 0, f"optim.{name}: must be >= 0, got {getattr(o, name)}")
     _check(j.strategy in STRATEGIES, f"joint.strategy: expected {', '.join(STRATEGIES)}, got {j.strategy!r}")
@@ -345,6 +354,9 @@ def validate(cfg: RunConfig) -> None:
     _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
     _check(cfg.debug.sleep_per_step >= 0, f"debug.sleep_per_step: must be >= 0, got {cfg.debug.sleep_per_step}")
     _check(cfg.checkpoint.every_steps >= 0, f"checkpoint.every_steps: must be >= 0, got {cfg.checkpoint.every_steps}")
+    _check(cfg.checkpoint.resume in ("never", "auto", "always"),
+           f"checkpoint.resume: expected never, auto or always, got {cfg.checkpoint.resume!r}")
+    _check(cfg.log.every_steps >= 1, f"log.every_steps: must be >= 1, got {cfg.log.every_steps}")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -579,13 +579,15 @@ def _projection_blocker(x: torch.Tensor, rank: int, residual: bool) -> str | Non
     return _kernel_blocker(x)
 
 
-def _resolve(impl: str, blocker: str | None) -> str:
+def _resolve(impl: str, blocker) -> str:
+    """"reference" or "cpu_fused" for one part; ``blocker()`` says why the kernel cannot run it, or None."""
     if impl == "reference":
         return "reference"
-    if blocker is None:
+    reason = blocker()
+    if reason is None:
         return "cpu_fused"
     if impl == "cpu_fused":
-        raise ValueError(f"PWTP(impl='cpu_fused') cannot run: {blocker}")
+        raise ValueError(f"PWTP(impl='cpu_fused') cannot run: {reason}")
     return "reference"
 
 
@@ -604,8 +606,10 @@ def choose_impl(impl: str, x: torch.Tensor, rank: int, residual: bool = False) -
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
-    return PWTPImpl(_resolve(impl, _relation_blocker(x) if impl != "reference" else None),
-                    _resolve(impl, _projection_blocker(x, rank, residual) if impl != "reference" else None))
+    return PWTPImpl(
+        relation=_resolve(impl, lambda: _relation_blocker(x)),
+        projection=_resolve(impl, lambda: _projection_blocker(x, rank, residual)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,7 +742,7 @@ class PWTP(nn.Module):
     def coarse_hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         """Eq. 2-4 before the upsampling: the MLP's output z, shape (N*S, T*D, h, w), in float32 or float64."""
         split_segments(x, segments, self.frames, self.in_channels)
-        return self._coarse(x, segments, _resolve(self.impl, _relation_blocker(x)))
+        return self._coarse(x, segments, _resolve(self.impl, lambda: _relation_blocker(x)))
 
     def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""

@@ -12,7 +12,9 @@ Checkpoints (read with ``torch.load(weights_only=True)``): a bare PWTP ``state_d
 dict with a ``"model"`` entry holding a VideoClassifier state dict whose PWTP keys start with
 ``representation.pwtp.`` (a ``module.`` prefix from DataParallel/DDP is stripped too).  The
 PWTP's frames, rank, channels, kernel size, expansion, bottleneck and blocks are read from the
-weight shapes; the stride cannot be, and is the paper's default 8.
+weight shapes; the stride and the ``static`` option (leak-free DA) cannot be: they come from the
+run config a training checkpoint carries (``model.representation_kwargs``), else the defaults
+(stride 8, the paper's DA).
 """
 
 from __future__ import annotations
@@ -70,16 +72,24 @@ def _pwtp_kwargs(state: dict[str, torch.Tensor]) -> dict:
     return kw
 
 
+def _config_kwargs(checkpoint) -> dict:
+    """The PWTP options its weights do not show (stride, static), from the run config that a
+    training checkpoint carries (``config.model.representation_kwargs``); {} where there is none."""
+    cfg = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    rep = model.get("representation_kwargs") if isinstance(model, dict) else None
+    return {k: rep[k] for k in ("stride", "static") if k in rep} if isinstance(rep, dict) else {}
+
+
 def load_pwtp(path: str | os.PathLike):
     """A PWTP with the weights of a checkpoint file (see the module docstring), in eval mode."""
-
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as err:
         raise ValueError(str(err)) from None
     state = pwtp_state_dict(ckpt)
     try:
-        pwtp = PWTP(**_pwtp_kwargs(state))
+        pwtp = PWTP(**(_pwtp_kwargs(state) | _config_kwargs(ckpt)))
         pwtp.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError) as err:
         raise ValueError(f"checkpoint {path} does not fit a PWTP: {str(err).splitlines()[0]}") from None

@@ -1,7 +1,9 @@
 """The torch Dataset of video clips, and ``build_dataset`` for the ``--dataset`` names.
 
-An item is ``(clip, label, video_index)``: ``clip`` is ``(C=3, S*T, H, W)`` float32 normalised
-with the ImageNet mean and std (S segments of T consecutive frames), ``label`` the 0-based class,
+An item is ``(clip, label, video_index)``: ``clip`` is ``(C=3, S*T, H, W)`` uint8 RGB (S segments
+of T consecutive frames; the model normalises it on its device, :class:`dynapp.model.Normalize`;
+``dtype="float32"`` gives clips normalised with the ImageNet mean and std here instead),
+``label`` the 0-based class,
 ``video_index`` the position of the video in ``dataset.items``.  In testing every video gives
 ``num_clips * num_crops`` consecutive items (its views), each carrying the video index, so scores
 can be averaged per video: item ``i`` is view ``i % views`` of video ``i // views``.
@@ -36,11 +38,13 @@ from dynapp.data.transforms import (
     normalize,
     random_resized_crop,
     three_crop,
+    to_contiguous,
 )
 
-__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "TRAIN_CROPS"]
+__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "TRAIN_CROPS", "DTYPES"]
 
 TRAIN_CROPS = ("multiscale", "random_resized")
+DTYPES = ("uint8", "float32")
 
 
 class BadVideoWarning(UserWarning):
@@ -68,20 +72,22 @@ def _load_clip(
     scale_size: int,
     rng: np.random.Generator | None,
     backend: str,
-) -> torch.Tensor:
-    """Decode the sampled frames of one view: (3, S*T, H, W) uint8.
+    threads: int = 1,
+    num_frames: int | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Decode the sampled frames of one view: ((3, S*T, H, W) uint8, the video's frame count).
 
     Frames keep their size unless the short side exceeds twice ``scale_size``; then the decoder
     shrinks them to ``scale_size`` (cheap in swscale).  The crops do the remaining resize.
     """
-    with open_video(path, backend) as video:
+    with open_video(path, backend, threads=threads, num_frames=num_frames) as video:
         idx = sample_indices(
             sampling, video.num_frames, segments, frames,
             train=train, stride=stride, rng=rng, clip=clip, num_clips=num_clips,
         )
         size = video.frame_size
         shrink = size is None or min(size) > 2 * scale_size
-        return video.read(idx, short_side=scale_size if shrink else None)
+        return video.read(idx, short_side=scale_size if shrink else None), video.num_frames
 
 
 class VideoDataset(Dataset):
@@ -98,8 +104,14 @@ class VideoDataset(Dataset):
         train_crop: ``"multiscale"`` (TSN corner crops) or ``"random_resized"``.
         num_clips, num_crops: test views per video (temporal clips x 1 or 3 spatial crops).
         backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed.
+        dtype: ``"uint8"`` (default: RGB 0-255, normalised later on the model's device) or
+            ``"float32"`` (normalised with the ImageNet mean and std in the worker, 4x the bytes).
+        decode_threads: FFmpeg threads per video (1: none, the fastest with one DataLoader
+            worker per core; 0: FFmpeg's choice, for few workers on many cores).
         classes: the class names (kept as ``.classes``).
         max_replacements: how many following videos to try before giving up on a bad one.
+        seed: the run seed; training item ``i`` of epoch ``e`` draws its offsets, crop, scale and
+            flip from ``numpy.random.default_rng([seed, e, i])`` (call :meth:`set_epoch`).
     """
 
     def __init__(
@@ -118,8 +130,11 @@ class VideoDataset(Dataset):
         num_clips: int = 1,
         num_crops: int = 1,
         backend: str = "pyav",
+        dtype: str = "uint8",
+        decode_threads: int = 1,
         classes: Sequence[str] | None = None,
         max_replacements: int = 100,
+        seed: int = 0,
     ):
         if sampling not in SAMPLERS:
             raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLERS)}")
@@ -131,6 +146,10 @@ class VideoDataset(Dataset):
             raise ValueError("segments, frames and num_clips must be >= 1")
         if backend not in BACKENDS:
             raise ValueError(f"unknown decoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        if decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0, got {decode_threads}")
         if not items:
             raise ValueError("the dataset has no videos")
         self.items = [Annotation(Path(a.path), int(a.label), a.num_frames) for a in items]
@@ -141,10 +160,13 @@ class VideoDataset(Dataset):
         if scale_size is None:
             scale_size = crop_size if self.num_crops == 3 else int(round(crop_size * 256 / 224))
         self.scale_size = scale_size
-        self.backend = backend
+        self.backend, self.dtype, self.decode_threads = backend, dtype, decode_threads
         self.classes = list(classes) if classes is not None else [
             str(i) for i in range(max(a.label for a in self.items) + 1)]
         self.max_replacements = max_replacements
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.seed, self.epoch = int(seed), 0  # the per-sample generator's key (see set_epoch)
         # Shared between the main process and DataLoader workers (fork or spawn): 1 = bad.
         self._bad = torch.zeros(len(self.items), dtype=torch.uint8)
         try:
@@ -152,6 +174,12 @@ class VideoDataset(Dataset):
         except (RuntimeError, OSError):  # no shared memory: counts stay per process
             pass
         self._reasons: dict[int, str] = {}
+        self._num_frames: dict[int, int] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Key the per-sample generators to ``epoch``: call it before creating the epoch's
+        DataLoader (its workers copy the dataset when they start)."""
+        self.epoch = int(epoch)
 
     @property
     def views(self) -> int:
@@ -174,11 +202,14 @@ class VideoDataset(Dataset):
         return item // self.views
 
     def _decode(self, j: int, clip: int, rng: np.random.Generator | None) -> torch.Tensor:
-        return _load_clip(
+        x, n = _load_clip(
             self.items[j].path, sampling=self.sampling, segments=self.segments, frames=self.frames,
             stride=self.stride, train=self.train, clip=clip, num_clips=self.num_clips,
-            scale_size=self.scale_size, rng=rng, backend=self.backend,
+            scale_size=self.scale_size, rng=rng, backend=self.backend, threads=self.decode_threads,
+            num_frames=self._num_frames.get(j),
         )
+        self._num_frames[j] = n  # per process: MKV/WebM headers have no count, it is counted once
+        return x
 
     def _transform(self, x: torch.Tensor, crop: int, rng: np.random.Generator | None) -> torch.Tensor:
         if self.train:
@@ -186,13 +217,16 @@ class VideoDataset(Dataset):
                 x = multiscale_crop(x, self.crop_size, rng, scale_size=self.scale_size)
             else:
                 x = random_resized_crop(x, self.crop_size, rng)
+            x = to_contiguous(x)  # flipping a contiguous clip is ten times cheaper
             if self.flip and rng.random() < 0.5:
                 x = horizontal_flip(x)
         elif self.num_crops == 3:
-            x = three_crop(x, self.crop_size, self.scale_size)[crop]
+            x = to_contiguous(three_crop(x, self.crop_size, self.scale_size)[crop])
         else:
-            x = center_crop(x, self.crop_size, self.scale_size)
-        return normalize(x)  # (3, S*T, crop, crop) float32
+            x = to_contiguous(center_crop(x, self.crop_size, self.scale_size))
+        if self.dtype == "float32":
+            return normalize(x)  # (3, S*T, crop, crop) float32, ImageNet mean and std
+        return x  # (3, S*T, crop, crop) uint8
 
     def _mark_bad(self, j: int, reason: str, replaced: bool) -> None:
         self._bad[j] = 1
@@ -207,9 +241,9 @@ class VideoDataset(Dataset):
         clip, crop = divmod(view, self.num_crops)
         rng = None
         if self.train:
-            # Drawn from torch's RNG, which the DataLoader seeds differently in every worker
-            # and every epoch, and which torch.manual_seed makes reproducible.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            # The sample's own generator: a function of (seed, epoch, item) only, never of the
+            # worker, the process or where a run was interrupted (exact resume, any world size).
+            rng = np.random.default_rng([self.seed, self.epoch, item])
         n = len(self.items)
         tries = min(n, self.max_replacements + 1)
         for step in range(tries):
@@ -240,7 +274,7 @@ class VideoDataset(Dataset):
             reason = self._reasons.get(j)
             if reason is None:
                 try:
-                    with open_video(self.items[j].path, self.backend) as v:
+                    with open_video(self.items[j].path, self.backend, threads=self.decode_threads) as v:
                         v.read([0, v.num_frames - 1])
                     reason = "unreadable during loading"
                 except VideoDecodeError as err:
@@ -263,6 +297,7 @@ def build_dataset(
     sampling: str = "tsn",
     crop_size: int = 224,
     flip: bool | None = None,
+    seed: int = 0,
     **kwargs,
 ) -> VideoDataset:
     """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
@@ -270,7 +305,8 @@ def build_dataset(
     ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
     direction; the paper trains it without flipping).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
-    ``num_crops``, ``backend``).  ``name="synthetic"`` generates the same-scene action clips of
+    ``num_crops``, ``backend``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
+    augmentation generators (the run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
     :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
     """
     if name == "synthetic":
@@ -283,7 +319,7 @@ def build_dataset(
         flip = name != "ssv1"
     ds = VideoDataset(
         ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
-        crop_size=crop_size, flip=flip, classes=ann.classes, **kwargs,
+        crop_size=crop_size, flip=flip, classes=ann.classes, seed=seed, **kwargs,
     )
     ds.name = name
     return ds

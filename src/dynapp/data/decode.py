@@ -7,14 +7,17 @@ count and read with the same open handle):
   part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec when it is installed and
   asked for (``backend="torchcodec"``);
 * a folder of JPEG/PNG frames (Something-Something V1 ships ``00001.jpg``, other tools write
-  ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).
+  ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).  JPEGs decode with
+  libjpeg-turbo through ``torchvision.io.decode_jpeg`` (PIL when they are shrunk while
+  decoding, PIL's DCT-domain draft mode, or for PNG).
 
 Whatever the codec, pixel format, alpha channel or grayscale, the output is RGB:
 ``(C=3, T, H, W)`` uint8, frames in the order of the requested indices (repeats allowed).
 
 Seeking: PyAV jumps to the keyframe before the first wanted frame (and again before any wanted
 frame far ahead of the current position) and decodes forward, identifying frames by their
-timestamps.  If the timestamps are missing or inconsistent (a seek lands after the target, a
+timestamps; frames that are neither wanted nor referenced by other frames are skipped
+(``skip_frame="NONREF"``), and decoding stops at the last wanted frame.  If the timestamps are missing or inconsistent (a seek lands after the target, a
 timestamp goes backwards), it falls back to decoding from the start and counting frames, which is
 always exact.  The frame count comes from the container header; when the header has none (MKV,
 WebM) the packets are counted; when decoding stops before the announced count, up to
@@ -28,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -148,13 +152,40 @@ class _FrameFolder(Video):
             return None
 
     def read(self, indices, short_side=None):
-        from PIL import Image
-
         idx = _as_indices(indices, self.num_frames, self.path)
         idx = np.minimum(idx, self.num_frames - 1)  # past the end: the last frame
+        unique = [int(i) for i in np.unique(idx)]
+        cache = None
+        if short_side is None and all(self.files[i].suffix.lower() in (".jpg", ".jpeg") for i in unique):
+            cache = self._read_jpegs(unique)
+        if cache is None:
+            cache = self._read_pil(unique, short_side)
+        try:
+            return _to_clip([cache[int(i)] for i in idx])
+        except ValueError:
+            raise VideoDecodeError(self.path, "frame images differ in size") from None
+
+    def _read_jpegs(self, unique: list[int]) -> dict[int, np.ndarray] | None:
+        """libjpeg-turbo through torchvision, all frames in one call: 1.5-2x faster than PIL
+        (same pixels).  None when a file fails, or when torchvision no longer has image
+        decoding (deprecated in 0.29 for torchcodec): PIL then reads them and names a bad file."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+                data = [torch.from_numpy(np.fromfile(self.files[i], dtype=np.uint8)) for i in unique]
+                images = decode_jpeg(data, mode=ImageReadMode.RGB)  # [(3, H, W)]
+        except (ImportError, OSError, RuntimeError, ValueError):
+            return None
+        return {i: img.permute(1, 2, 0).numpy() for i, img in zip(unique, images)}
+
+    def _read_pil(self, unique: list[int], short_side: int | None) -> dict[int, np.ndarray]:
+        from PIL import Image
+
         cache: dict[int, np.ndarray] = {}
         size = None
-        for i in np.unique(idx):
+        for i in unique:
             try:
                 with Image.open(self.files[i]) as img:
                     if size is None:
@@ -164,13 +195,10 @@ class _FrameFolder(Video):
                     img = img.convert("RGB")
                     if (img.height, img.width) != size:
                         img = img.resize((size[1], size[0]), Image.BILINEAR)
-                    cache[int(i)] = np.asarray(img)
+                    cache[i] = np.asarray(img)
             except (OSError, ValueError, SyntaxError) as err:
                 raise VideoDecodeError(self.files[i], f"unreadable frame image ({err})") from None
-        try:
-            return _to_clip([cache[int(i)] for i in idx])
-        except ValueError:
-            raise VideoDecodeError(self.path, "frame images differ in size") from None
+        return cache
 
 
 def _av_error_types():
@@ -183,7 +211,7 @@ class _PyAVVideo(Video):
     #: Seek again when the next wanted frame is this many frames ahead of the decoder.
     SEEK_GAP = 48
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 1, num_frames: int | None = None):
         import av
 
         self.path = str(path)
@@ -195,12 +223,17 @@ class _PyAVVideo(Video):
             if not self.container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
             self.stream = self.container.streams.video[0]
-            self.stream.thread_type = "AUTO"  # frame + slice threads: 2-3x faster on long GOPs
+            # One thread per video unless asked: with a DataLoader worker per core, FFmpeg's
+            # frame/slice threads only add hand-over latency (benchmarks/bench_data.py, "threads").
+            self.stream.thread_type = "NONE" if threads == 1 else "AUTO"
+            self.stream.thread_count = max(threads, 0)
             rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
             self.fps = Fraction(rate) if rate else None
             self.time_base = Fraction(self.stream.time_base) if self.stream.time_base else None
-            self.start = self.stream.start_time or 0
+            self.start = self._first_pts()
             self.num_frames = int(self.stream.frames or 0)
+            if self.num_frames <= 0 and num_frames:
+                self.num_frames = int(num_frames)  # counted before (VideoDataset remembers it)
             if self.num_frames <= 0:
                 self.num_frames = self._count_packets()
             if self.num_frames <= 0:
@@ -225,6 +258,20 @@ class _PyAVVideo(Video):
         ctx = self.stream.codec_context
         return (ctx.height, ctx.width) if ctx.height and ctx.width else None
 
+    def _first_pts(self) -> int:
+        """The timestamp of frame 0: the first packet's (the keyframe shown first).
+
+        Not always the stream's start time: AVI gives MPEG-4 B-frame streams a start time of 0
+        and timestamps from 1 (one frame of reordering delay).
+        """
+        start = self.stream.start_time or 0
+        for packet in self.container.demux(self.stream):
+            if packet.size > 0:
+                start = packet.pts if packet.pts is not None else start
+                break
+        self.container.seek(0)
+        return start
+
     def _count_packets(self) -> int:
         self.container.seek(0)
         n = sum(1 for p in self.container.demux(self.stream) if p.size > 0)
@@ -232,23 +279,59 @@ class _PyAVVideo(Video):
         return n
 
     def _count_decoded(self) -> int:
+        """Frames that decode from the start up to the first undecodable packet."""
         self.container.seek(0)
-        n = sum(1 for _ in self.container.decode(self.stream))
+        n = 0
+        try:
+            for _ in self._frames_from_here(None):
+                n += 1
+        except _av_error_types():
+            if n == 0:
+                raise
         self.container.seek(0)
         return n
 
-    def _index_of(self, frame) -> int | None:
-        if frame.pts is None or not self.fps or not self.time_base:
+    def _index_of(self, pts: int | None) -> int | None:
+        """The display index of a frame or packet timestamp (None: no usable timestamp)."""
+        if pts is None or not self.fps or not self.time_base:
             return None
-        return int(round(float((frame.pts - self.start) * self.time_base * self.fps)))
+        return int(round(float((pts - self.start) * self.time_base * self.fps)))
 
     def _pts_of(self, index: int) -> int:
         return int(math.floor(index / self.fps / self.time_base)) + self.start
 
+    def _frames_from_here(self, wanted: set[int] | None):
+        """Decoded frames from the demuxer's position on, in display order.
+
+        With ``wanted`` (display indices) a packet whose timestamp is not wanted is decoded with
+        ``skip_frame="NONREF"``: FFmpeg drops it if no other frame refers to it (B-frames,
+        most of MPEG-4's), a third to a half of the frames between TSN windows.  Reference
+        frames are always decoded, so the wanted frames come out bit-exact.
+        """
+        ctx = self.stream.codec_context
+        skipping = False
+        try:
+            for packet in self.container.demux(self.stream):
+                if wanted is not None:
+                    i = self._index_of(packet.pts)
+                    skip = i is not None and i not in wanted
+                    if skip != skipping:
+                        ctx.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+                yield from ctx.decode(packet)  # an empty packet at the end flushes the decoder
+        finally:
+            if skipping:
+                ctx.skip_frame = "DEFAULT"
+
     def _decode_seeking(self, wanted: np.ndarray, convert) -> dict[int, np.ndarray] | None:
-        """Frames by timestamp with keyframe seeks; None when the timestamps cannot be trusted."""
+        """Frames by timestamp with keyframe seeks; None when the timestamps cannot be trusted.
+
+        Seeks to the keyframe before the first wanted frame (and again before a wanted frame
+        more than ``SEEK_GAP`` frames ahead), skips unreferenced frames that are not wanted and
+        stops at the last wanted frame.
+        """
         if not self.fps or not self.time_base:
             return None
+        wanted_set = set(int(i) for i in wanted)
         out: dict[int, np.ndarray] = {}
         pos = -1  # index of the last decoded frame
         k = 0
@@ -259,8 +342,8 @@ class _PyAVVideo(Video):
                 pos, first = -1, True
             else:
                 first = False
-            for frame in self.container.decode(self.stream):
-                i = self._index_of(frame)
+            for frame in self._frames_from_here(wanted_set):
+                i = self._index_of(frame.pts)
                 if i is None or i <= pos or (first and i > target):
                     return None  # no timestamps, not increasing, or the seek overshot
                 first, pos = False, i
@@ -270,7 +353,7 @@ class _PyAVVideo(Video):
                     out[i] = convert(frame)
                     k += 1
                     if k == len(wanted):
-                        return out
+                        return out  # the last wanted frame: stop decoding here
                     if wanted[k] - pos > self.SEEK_GAP:
                         break
             else:
@@ -278,16 +361,29 @@ class _PyAVVideo(Video):
         return out
 
     def _decode_counting(self, wanted: np.ndarray, convert) -> dict[int, np.ndarray]:
-        """Exact fallback: decode from the first frame and count."""
+        """Exact fallback: decode every frame from the first one and count.
+
+        Stops at the first undecodable packet (a truncated file): the frames before it are
+        returned and the caller reports the missing ones.
+        """
         self.container.seek(0)
         out: dict[int, np.ndarray] = {}
         last = int(wanted[-1])
         wanted_set = set(int(i) for i in wanted)
-        for i, frame in enumerate(self.container.decode(self.stream)):
+        frames = self._frames_from_here(None)
+        i = -1
+        while i < last:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except _av_error_types():
+                if not out and i < 0:
+                    raise
+                break
+            i += 1
             if i in wanted_set:
                 out[i] = convert(frame)
-            if i >= last:
-                break
         return out
 
     def read(self, indices, short_side=None):
@@ -376,8 +472,14 @@ def _reason(err: BaseException) -> str:
     return text[:200]
 
 
-def open_video(source: str | os.PathLike, backend: str = "pyav") -> Video:
+def open_video(
+    source: str | os.PathLike, backend: str = "pyav", *, threads: int = 1, num_frames: int | None = None
+) -> Video:
     """Open a video file or a frame folder; use as ``with open_video(p) as v: v.read(idx)``.
+
+    ``threads``: FFmpeg decoding threads (1: none, the fastest with a DataLoader worker per
+    core; 0: FFmpeg's choice).  ``num_frames``: the frame count when it is already known, used
+    only when the container header has none (MKV, WebM), to skip counting the packets again.
 
     Raises :class:`VideoDecodeError` (naming the path) for a missing path, an empty file, a
     file that is not a video, or a folder without frame images.
@@ -396,7 +498,7 @@ def open_video(source: str | os.PathLike, backend: str = "pyav") -> Video:
         raise VideoDecodeError(path, f"cannot stat ({err.strerror or err})") from None
     if backend == "torchcodec":
         return _TorchCodecVideo(path)
-    return _PyAVVideo(path)
+    return _PyAVVideo(path, threads=threads, num_frames=num_frames)
 
 
 def read_frames(
@@ -405,6 +507,7 @@ def read_frames(
     *,
     short_side: int | None = None,
     backend: str = "pyav",
+    threads: int = 1,
 ) -> torch.Tensor:
     """The frames ``indices`` (0-based, any order, repeats allowed) of a video or frame folder.
 
@@ -413,7 +516,7 @@ def read_frames(
     Indices past the end read the last frame for frame folders; for video files see the module
     docstring (a few frames of header slack, otherwise a "truncated" error).
     """
-    with open_video(source, backend) as video:
+    with open_video(source, backend, threads=threads) as video:
         return video.read(indices, short_side=short_side).contiguous()
 
 

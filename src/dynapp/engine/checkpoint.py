@@ -4,7 +4,8 @@ A training checkpoint is a plain dict of tensors, numbers, strings, lists and di
 ``torch.load(weights_only=True)`` reads it: model, optimiser, scaler, schedule position
 (step, epoch), the run config (as a dict) and the RNG states of python, numpy, torch and CUDA.
 Writing goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over
-the target with ``os.replace``, so a crash mid-write never corrupts the last good checkpoint.
+the target with ``os.replace``, so a crash mid-write never corrupts the last good checkpoint;
+the next successful save removes the temporary file such a crash leaves behind.
 
 ``load_checkpoint`` is the one reader of checkpoint files in dynapp (training resume, ``init_from``,
 ``dynapp eval``, ``dynapp extract``); ``model_state_dict`` takes the weights out of what it read.
@@ -117,6 +118,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # half-written by a process killed mid-write
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dynapp.engine.distributed import ExactShardSampler, all_gather_objects
+from dynapp.engine.preempt import ignore_stop_signals
 
 __all__ = [
     "IndexedDataset",
@@ -131,8 +132,11 @@ def evaluate(
     Works for one process or under ``torchrun``: every process scores its exact shard and every
     process returns the same result dict ``{"clip": {...}, "video": {...}}``.
     """
+    # its own generator: evaluating in the middle of a run must not draw from the global RNG
+    # (dropout of the steps after it), or a run resumed past an evaluation would diverge
     loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=ExactShardSampler(dataset),
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator(),
+                        worker_init_fn=ignore_stop_signals)
     local = collect_scores(model, loader, device=device, amp=amp)
     parts = all_gather_objects(local)
     parts = [p for p in parts if p[3].numel() > 0]

@@ -20,7 +20,8 @@ from dynapp.data.noise import RandomClips
 from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
-from dynapp.engine.train import train
+from dynapp.engine.preempt import Preempted
+from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
 __all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
@@ -58,7 +59,7 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
                               crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
-    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, **common)
+    train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
                             num_crops=views[1], **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
@@ -91,6 +92,9 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
     info = init_distributed(cfg.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     finished = False
+    # checkpoint.resume=auto: continue if the run folder holds a checkpoint (a requeued job), else start
+    resume = resume or cfg.checkpoint.resume == "always" or (
+        cfg.checkpoint.resume == "auto" and (Path(cfg.log.out_dir) / "checkpoints" / "last.pt").is_file())
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -109,6 +113,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
                             backbone_kwargs=dict(m.backbone_kwargs))
         if m.init_from and not resume:
             init_model_from(model, m.init_from)
+        prepare_model(model, channels_last=m.channels_last, compile=m.compile)
         torch.manual_seed(cfg.seed + 1 + info.rank)  # different dropout masks per process
         classes = class_names(train_set)
         result = train(
@@ -118,6 +123,9 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
         return result
+    except Preempted:
+        finished = True  # every process stopped after the same step: leave the group together
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
@@ -165,7 +173,7 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
             model.load_state_dict(ck["model"])
             model.to(info.device)
             result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
-                              amp=cfg.optim.amp and info.device.type == "cuda")
+                              amp=cfg.optim.amp and cfg.optim.amp_dtype == "float16" and info.device.type == "cuda")
             result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
                           dataset=d.dataset, split=d.split)
             results.append(result)

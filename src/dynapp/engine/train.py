@@ -25,8 +25,11 @@ Choices where the paper is silent (documented here):
   eval mode with its affine parameters frozen (TSN's partial BN).  PWTP's own BatchNorm is part
   of Theta1 and stays trainable.
 * Resume is exact at step granularity: the per-epoch shuffle depends only on ``seed + epoch``,
-  data loaders get their own generators (they never draw from the global RNG), and every
-  process's RNG states are saved and restored.
+  each sample's augmentation only on (seed, epoch, index) (``dataset.set_epoch``), data loaders
+  get their own generators (they never draw from the global RNG), and every process's RNG
+  states are saved and restored.
+* Preemption (``dynapp.engine.preempt``): after SIGTERM or SIGUSR1 every process stops after the
+  same step, a checkpoint is written and ``Preempted`` is raised (``dynapp train`` exits 75).
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from dynapp.config import (
+    AMP_DTYPES,
     CheckpointConfig,
     DebugConfig,
     EvalConfig,
@@ -67,6 +70,7 @@ from dynapp.engine.distributed import (
 )
 from dynapp.engine.evaluate import evaluate, write_json
 from dynapp.engine.log import TrainLogger
+from dynapp.engine.preempt import StopSignals, ignore_stop_signals
 from dynapp.joint import Plain, build_strategy, theta1_parameters
 
 __all__ = [
@@ -78,6 +82,8 @@ __all__ = [
     "freeze_batchnorm",
     "set_train_mode",
     "build_optimizer",
+    "autocast_dtype",
+    "prepare_model",
     "train_one_epoch",
     "train",
 ]
@@ -110,7 +116,7 @@ class Loop:
     accumulation_steps: int = 1
     clip_grad_norm: float = 0.0  # 0: no clipping
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +202,7 @@ class _SkipSampler(Sampler[int]):
 
 
 def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger: TrainLogger | None = None,
-                    progress: bool = False, after_step: Callable[[], bool] | None = None) -> bool:
+                    after_step: Callable[[], bool] | None = None) -> bool:
     """Train the optimiser steps left in epoch ``state.epoch``; False if ``after_step`` stopped it.
 
     ``after_step()`` runs after every optimiser step (``state.step`` already counts it) and
@@ -206,10 +212,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
     net = loop.model if phase.run_backbone else loop.representation  # separate: PWTP alone on ENoPR
     params = [p for g in loop.optimizer.param_groups for p in g["params"]]
     accumulation = loop.accumulation_steps
-    bar = None
-    if progress and get_rank() == 0:
-        bar = tqdm(total=loop.steps_per_epoch, initial=state.batch_in_epoch // accumulation,
-                   desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
+    amp = loop.amp_dtype is not None  # CUDA mixed precision
     stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
     micro = 0
     tic = time.perf_counter()
@@ -221,11 +224,11 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         last_micro = micro + 1 == accumulation
         no_sync = isinstance(net, DistributedDataParallel) and not last_micro
         with net.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(loop.device.type, dtype=torch.float16, enabled=loop.amp):
+            with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
                 out = net(clip)
                 logits = out.logits if phase.run_backbone else None
                 rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
-                aux_loss = out.aux_loss
+                aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
             stats += _batch_statistics(rec_loss, aux_loss, logits, label, state)
             loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation)
         state.batch_in_epoch += 1
@@ -242,7 +245,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         loop.scaler.unscale_(loop.optimizer)
         max_norm = loop.clip_grad_norm if loop.clip_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not loop.amp and not math.isfinite(grad_norm):
+        if not loop.scaler.is_enabled() and not math.isfinite(grad_norm):  # (a float16 scaler skips the step)
             raise NonFiniteLossError(
                 f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
                 f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
@@ -252,22 +255,14 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         state.step += 1
 
         row = _log_row(stats, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=time.perf_counter() - tic,
-                       main_loss="rec_loss" if phase.run_backbone else "enopr")
+                       main_loss="rec_loss" if phase.run_backbone else "enopr", has_aux=aux_loss is not None)
         if logger is not None:
             logger.log(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}", alpha=f"{alpha:.3f}",
-                            sps=f"{row['samples_per_s']:.1f}")
-            bar.update(1)
         stats.zero_()
         stop = after_step is not None and after_step()
         tic = time.perf_counter()
         if stop:
-            if bar is not None:
-                bar.close()
             return False
-    if bar is not None:
-        bar.close()
     return True
 
 
@@ -293,11 +288,17 @@ def _batch_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: 
 
 
 def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_norm: float, seconds: float,
-             main_loss: str) -> dict:
-    """The log row of one optimiser step from its summed micro-batch statistics."""
+             main_loss: str, has_aux: bool = True) -> dict:
+    """The log row of one optimiser step from its summed micro-batch statistics.
+
+    None for what does not apply (empty log cells): alpha and ENoPR without an aux loss (RGB),
+    the recognition loss and accuracy when the backbone did not run (separate: PWTP alone).
+    """
     n = stats[4].item()
-    row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n,
-           "enopr": stats[1].item() / n, "alpha": alpha, "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1),
+    rec = main_loss == "rec_loss"
+    row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n if rec else None,
+           "enopr": stats[1].item() / n if has_aux else None, "alpha": alpha if has_aux else None,
+           "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1) if rec else None,
            "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(seconds, 1e-9)}
     row["loss"] = row[main_loss]
     return row
@@ -357,48 +358,59 @@ def train(
                               **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
     frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
     optimizer = build_optimizer(model, optim)
-    amp = optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bfloat16 needs no scaling
     checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=optimizer, scaler=scaler,
                                  enabled=checkpoint.enabled, meta={"total_steps": total_steps, **(meta or {})})
     state = _resume(checkpoints, total_steps) if resume else _fresh(checkpoints)
-    alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate: PWTP on its own
+    pwtp_alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate's first phase
     loop = Loop(
-        model=_ddp(model, device), representation=_ddp(model.representation, device) if alone else model.representation,
-        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step), optimizer=optimizer,
-        scaler=scaler, strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch),
-        steps_per_epoch=steps_per_epoch, accumulation_steps=optim.accumulation_steps,
-        clip_grad_norm=optim.clip_grad_norm, device=device, amp=amp)
+        model=_ddp(model, device),
+        representation=_ddp(model.representation, device) if pwtp_alone else model.representation,
+        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step),
+        optimizer=optimizer, scaler=scaler, strategy=strategy,
+        lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+        accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm,
+        device=device, amp_dtype=amp_dtype)
 
     def save(epoch_file: bool = False) -> None:  # collective
         path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
                                 epoch_file=epoch_file)
-        state.last_checkpoint = str(path) if path is not None else state.last_checkpoint
+        if path is not None:
+            state.last_checkpoint = str(path)
 
     def after_step() -> bool:  # after every optimiser step; True stops the run
         if faults.sleep_per_step > 0:
             time.sleep(faults.sleep_per_step)
         if checkpoint.every_steps and state.step % checkpoint.every_steps == 0:
             save()
-        return bool(max_steps and state.step >= max_steps)
+        return bool(max_steps and state.step >= max_steps) or stop.should_stop(device)  # collective
 
     def validate() -> dict:
         result = evaluate(model, val_dataset, device=device, batch_size=evaluation.batch_size,
-                          num_workers=num_workers, amp=amp)
+                          num_workers=num_workers, amp=amp_dtype == torch.float16)
         return {**result, "epoch": state.epoch, "step": state.step}
 
-    logger = TrainLogger(out_dir, rank=rank, csv_log=log.csv, tensorboard=log.tensorboard, start_step=state.step)
+    logger = TrainLogger(out_dir, rank=rank, csv_log=log.csv, tensorboard=log.tensorboard, start_step=state.step,
+                         progress=log.progress, every_steps=log.every_steps, total_steps=total_steps,
+                         steps_per_epoch=steps_per_epoch,
+                         checkpoint_dir=checkpoints.folder if checkpoint.enabled else None)
     result: dict = {}
+    stop = StopSignals().install()  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise Preempted
     try:
         finished = True
         while state.epoch < optim.epochs:
             set_train_mode(model, frozen_bn=frozen_bn, freeze_representation=not strategy.phase(state.epoch).train_theta1)
             loader = _epoch_loader(train_dataset, sampler, state, batch_size=per_process, num_workers=num_workers,
                                    seed=seed, device=device)
-            finished = train_one_epoch(loop, loader, state, logger=logger, progress=log.progress, after_step=after_step)
+            finished = train_one_epoch(loop, loader, state, logger=logger, after_step=after_step)
             if not finished:
                 if not (checkpoint.every_steps and state.step % checkpoint.every_steps == 0):
                     save()
+                if stop.stopped:
+                    error = stop.error(state.step, total_steps, checkpoints.last if checkpoint.enabled else None)
+                    logger.print(str(error))
+                    raise error
                 break
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             save(epoch_file=checkpoint.keep_every_epoch)
@@ -413,8 +425,36 @@ def train(
         if finished and val_dataset is not None and not result:
             result = validate()  # resumed after the last epoch ended (nothing left to train): evaluate once
     finally:
+        stop.restore()
         logger.close()
     return result
+
+
+def autocast_dtype(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: ``amp_dtype`` ("float16" | "bfloat16") on CUDA, None (full
+    precision) without ``amp`` or off CUDA.  bfloat16 on a GPU without it is a one-line error."""
+    if not amp or device.type != "cuda":
+        return None
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("optim.amp_dtype=bfloat16: this GPU has no bfloat16; use float16")
+    return getattr(torch, amp_dtype)
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """GPU options of a model, in place: ``channels_last`` puts every 4-D weight in
+    ``torch.channels_last`` and every 5-D one in ``torch.channels_last_3d`` (convolutions then
+    run, and return, channels-last); ``compile`` compiles the backbone (``nn.Module.compile``, so
+    the state-dict keys stay the same and PWTP's own backward for MGDA is untouched)."""
+    if channels_last:
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.dim() in formats:
+                t.data = t.data.contiguous(memory_format=formats[t.dim()])
+    if compile:
+        model.backbone.compile()
+    return model
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
@@ -446,15 +486,18 @@ def _epoch_loader(dataset: Dataset, sampler, state: TrainState, *, batch_size: i
                   device: torch.device) -> DataLoader:
     """The loader of epoch ``state.epoch`` from micro-batch ``state.batch_in_epoch`` on (exact resume)."""
     sampler.set_epoch(state.epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(state.epoch)  # per-sample augmentation keyed by (seed, epoch, index); workers copy it
     return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
                       sampler=_SkipSampler(sampler, state.batch_in_epoch * batch_size),
-                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=ignore_stop_signals,
                       generator=torch.Generator().manual_seed(seed * 100_003 + state.epoch * 1_009 + get_rank()))
 
 
 def _fresh(checkpoints: RunCheckpoints) -> TrainState:
     if checkpoints.last.exists():
-        raise ValueError(f"{checkpoints.last} exists: add --resume to continue that run, or choose another log.out_dir")
+        raise ValueError(f"{checkpoints.last} exists: add --resume (or checkpoint.resume=auto) to continue that run, "
+                         "or choose another log.out_dir")
     return TrainState()
 
 

@@ -24,8 +24,9 @@ name               C_out                 S_out     what
 
 :data:`REPRESENTATIONS` maps each name to its class (the builder); each class declares its
 capabilities (``differentiable``, ``countable``, ``has_aux_loss``, ``min_frames``,
-``channels_per_frame``, ``frames_consumed``: see :class:`Representation`), which FLOP counting,
-the CLI and config checks read.  :func:`build_representation` is the one entry point.  To add a
+``channels_per_frame``, ``frames_consumed``: see :class:`Representation`), which FLOP counting
+and :func:`build_representation` read instead of guessing from names.
+:func:`build_representation` is the one entry point.  To add a
 representation: one file here with a :class:`Representation` subclass, one entry in the dict
 (and its name in :mod:`dynapp.names`, which the CLI's help reads without importing torch).
 """

@@ -29,7 +29,7 @@ class Representation(nn.Module):
 
     Instances carry ``segments`` (S), ``frames`` (T), ``in_channels`` (C), ``out_channels``
     (C_out) and ``out_frames`` (S_out).  Each subclass declares its capabilities as class
-    attributes, so that callers (FLOP counting, the CLI, config checks) read them from the
+    attributes, so that callers (FLOP counting, build_representation) read them from the
     class without building one:
 
     * ``differentiable``: the frames are a differentiable function of the clip (and of the
