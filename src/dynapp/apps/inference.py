@@ -143,6 +143,7 @@ class Recognizer(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:  # (N, C, S*T, H, W) -> (N, K)
         return self.model(self.prepare(clips)).logits
 
+    @torch.no_grad()
     def features(self, clips: torch.Tensor, return_frames: bool = False):
         """Pooled backbone features ``(N, F)`` before the classifier (mean over the segments).
 
