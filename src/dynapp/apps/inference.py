@@ -11,9 +11,9 @@ a video file is decoded at the run's test views (``num_clips`` temporal clips x 
 spatial crops, the sampling, crop and scale of ``dynapp eval``) and the softmax scores of the
 views are averaged (the multi-view protocol of ``dynapp.engine.evaluate``).
 
-Clips: uint8 clips (as decoded, values 0-255) are normalised here with the run's mean and std;
-float clips are taken as already normalised.  :meth:`Recognizer.prepare` is the one place that
-makes this decision, for the model, the features and the exported graph alike.
+Clips: uint8 clips (as decoded, values 0-255) are normalised by the model itself
+(:class:`dynapp.model.Normalize`, ImageNet mean and std); float clips are taken as already
+normalised.  The same holds for the features and for the exported graph.
 """
 
 from __future__ import annotations
@@ -30,13 +30,7 @@ from torch.utils.data import Dataset
 from dynapp.config import config_from_dict
 from dynapp.data.decode import VideoDecodeError, open_video
 from dynapp.data.sampling import sample_indices
-from dynapp.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    center_crop,
-    normalize,
-    three_crop,
-)
+from dynapp.data.transforms import center_crop, three_crop
 from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, strip_module_prefix
 from dynapp.model import VideoClassifier, build_model
 
@@ -61,15 +55,14 @@ def preprocessing_from_config(config: dict) -> dict[str, Any]:
     """The test-time preprocessing of a run, as a plain dict (the rules of ``VideoDataset``).
 
     Keys: segments, frames, sampling, stride, crop_size, scale_size (None: the dataset's default
-    rule), num_clips, num_crops, in_channels, mean, std, backend.
+    rule), num_clips, num_crops, in_channels, backend.
     """
     cfg = config_from_dict(config)
     d, e, kw = cfg.data, cfg.eval, cfg.data.dataset_kwargs
     return {
         "segments": d.segments, "frames": d.frames, "sampling": d.sampling, "stride": int(kw.get("stride", 1)),
         "crop_size": e.crop_size or d.crop_size, "scale_size": kw.get("scale_size"), "num_clips": e.clips,
-        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-        "backend": kw.get("backend", "pyav"),
+        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "backend": kw.get("backend", "pyav"),
     }
 
 
@@ -134,11 +127,10 @@ class Recognizer(nn.Module):
         return p["in_channels"], p["segments"] * p["frames"], p["crop_size"], p["crop_size"]
 
     def prepare(self, clips: torch.Tensor) -> torch.Tensor:
-        """The one uint8/float decision: uint8 -> ``(x / 255 - mean) / std``; float: as given."""
-        if clips.dtype == torch.uint8:
-            return normalize(clips, tuple(self.preprocessing["mean"]), tuple(self.preprocessing["std"]),
-                             channel_dim=clips.dim() - 4)  # (C, T, H, W) or (N, C, T, H, W)
-        return clips.float()
+        """Clips as the model takes them: uint8 as decoded (the model's ``Normalize`` turns them
+        into ``(x / 255 - mean) / std`` on its device), any float clip as float32, taken as
+        already normalised.  The uint8/float decision itself is the model's, in one place."""
+        return clips if clips.dtype == torch.uint8 else clips.float()
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:  # (N, C, S*T, H, W) -> (N, K)
         return self.model(self.prepare(clips)).logits
