@@ -182,20 +182,6 @@ def test_module_weights_sum_to_zero_and_reproduce_da(rank):
         assert pwtp(still, segments=2).dynamic.abs().max() < 1e-12
 
 
-def test_module_gradcheck_parameters_and_input():
-    torch.manual_seed(2)
-    pwtp = PWTP(frames=4, kernel_size=3, stride=2, channels=4, static="remove").double()
-    x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
-    names = [n for n, _ in pwtp.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for p in pwtp.parameters())
-
-    def f(x, *ps):
-        out = torch.func.functional_call(pwtp, dict(zip(names, ps)), (x,), {"return_static": True})
-        return out.dynamic, out.enopr, out.static
-
-    assert torch.autograd.gradcheck(f, (x, *params))
-
-
 def test_leakage_reports_no_static_share():
     torch.manual_seed(0)
     keep = PWTP(frames=4, kernel_size=3, stride=2, channels=4).eval()

@@ -130,9 +130,10 @@ def test_gradcheck_projection(D):
     assert torch.autograd.gradcheck(lambda x, A: dynamic_appearance(x, A), (x, A))
 
 
-def test_gradcheck_module_parameters_and_input():
+@pytest.mark.parametrize("static", ["keep", "remove"])
+def test_gradcheck_module_parameters_and_input(static):
     torch.manual_seed(2)
-    pwtp = PWTP(frames=4, rank=1, kernel_size=3, stride=2, channels=4).double()
+    pwtp = PWTP(frames=4, rank=1, kernel_size=3, stride=2, channels=4, static=static).double()
     x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in pwtp.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in pwtp.parameters())
