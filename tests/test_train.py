@@ -423,3 +423,40 @@ def test_cuda_matches_cpu_in_full_precision(tmp_path):
     for k in a:
         if a[k].is_floating_point():
             assert torch.allclose(a[k], b[k].cpu(), atol=1e-4, rtol=1e-3), k
+
+
+class _SlowClips(torch.utils.data.Dataset):
+    """Items of another dataset, each after a pause: a loader slower than the model."""
+
+    def __init__(self, dataset, seconds: float):
+        self.dataset, self.seconds = dataset, seconds
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        time.sleep(self.seconds)
+        return self.dataset[i]
+
+
+def test_the_log_tells_the_share_of_each_step_spent_waiting_for_data(tmp_path):
+    from dynapp.config import CheckpointConfig, LogConfig, OptimConfig
+    from dynapp.data.noise import RandomClips
+    from dynapp.engine.train import train
+    from dynapp.model import build_model
+
+    clips = RandomClips(num_videos=6, num_classes=2, segments=2, frames=4, crop_size=32, seed=0)
+    waits = {}
+    for name, dataset in (("fast", clips), ("slow", _SlowClips(clips, 0.25))):
+        torch.manual_seed(0)
+        model = build_model(representation="pwtp", backbone="small2d", num_classes=2, segments=2, frames=4,
+                            backbone_kwargs={"widths": [8, 16, 16, 16]})
+        train(model, dataset, optim=OptimConfig(epochs=1, batch_size=2, lr=0.01),
+              log=LogConfig(out_dir=str(tmp_path / name), tensorboard=False, progress=False),
+              checkpoint=CheckpointConfig(enabled=False))
+        rows = _read_csv(tmp_path / name / "train_log.csv")
+        waits[name] = [float(r["data_wait"]) for r in rows]
+        assert len(rows) == 3 and all(0.0 <= w <= 1.0 for w in waits[name])
+    # the slow loader: 0.5 s of waiting per batch of 2 against a step of a few ms
+    assert min(waits["slow"]) > 0.5
+    assert max(waits["fast"]) < min(waits["slow"])

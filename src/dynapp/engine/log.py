@@ -3,7 +3,8 @@
 Console progress reads well in a cluster log file: when stdout is a terminal, a tqdm bar per
 epoch; otherwise (a file, a pipe, SLURM's ``slurm-%j.out``) no carriage returns at all, but one
 line every ``every_steps`` optimiser steps and one line per epoch, each with loss, accuracy,
-learning rate, alpha, samples/s and the estimated time left.  A value that does not apply
+learning rate, alpha, samples/s, the share of the step spent waiting for data and the estimated
+time left.  A value that does not apply
 (alpha and ENoPR of an input without a learnt representation, e.g. RGB) is an empty CSV cell
 and is left out of the console line, never ``nan`` or ``0.0``.
 """
@@ -40,7 +41,7 @@ def _applies(value: Any) -> bool:
 
 
 class TrainLogger:
-    FIELDS = ["step", "epoch", "lr", "loss", "rec_loss", "enopr", "alpha", "acc", "grad_norm", "samples_per_s"]
+    FIELDS = ["step", "epoch", "lr", "loss", "rec_loss", "enopr", "alpha", "acc", "grad_norm", "samples_per_s", "data_wait"]
 
     def __init__(self, out_dir: Path, *, rank: int, csv_log: bool, tensorboard: bool, start_step: int = 0,
                  progress: bool = False, every_steps: int = 20, total_steps: int = 0, steps_per_epoch: int = 0,
@@ -114,6 +115,7 @@ class TrainLogger:
                  f"alpha {row['alpha']:.3f}" if _applies(row.get("alpha")) else "",
                  f"enopr {row['enopr']:.4g}" if _applies(row.get("enopr")) else "",
                  f"samples/s {row['samples_per_s']:.1f}" if _applies(row.get("samples_per_s")) else "",
+                 f"data wait {100 * row['data_wait']:.0f}%" if _applies(row.get("data_wait")) else "",
                  f"eta {format_duration(eta)}" if eta is not None else ""]
         return " ".join(p for p in parts if p)
 
@@ -165,7 +167,7 @@ class TrainLogger:
             return sum(vals) / len(vals) if vals else None
 
         summary = {"loss": mean("loss"), "acc": mean("acc"), "lr": row.get("lr"), "alpha": mean("alpha"),
-                   "enopr": mean("enopr"), "samples_per_s": mean("samples_per_s")}
+                   "enopr": mean("enopr"), "samples_per_s": mean("samples_per_s"), "data_wait": mean("data_wait")}
         epochs = self.total_steps // self.steps_per_epoch if self.steps_per_epoch else 0
         self.print(f"epoch {row['epoch'] + 1}/{epochs} done at step {row['step']} ({len(rows)} steps in "
                    f"{format_duration(now - t0)}, means): " + self._line(summary, eta))

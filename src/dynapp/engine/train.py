@@ -216,9 +216,12 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
     stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
     micro = 0
     tic = time.perf_counter()
-    it = iter(loader)
+    it = iter(loader)  # starts the workers: counted as waiting for data
+    waited = time.perf_counter() - tic  # seconds this optimiser step spent waiting for the loader
     while state.batch_in_epoch < loop.steps_per_epoch * accumulation:
+        t_wait = time.perf_counter()
         clip, label = next(it)[:2]
+        waited += time.perf_counter() - t_wait
         clip = clip.to(loop.device, non_blocking=True)  # (N, C, S*T, H, W)
         label = torch.as_tensor(label).to(loop.device, non_blocking=True)
         last_micro = micro + 1 == accumulation
@@ -255,10 +258,12 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         state.step += 1
 
         row = _log_row(stats, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=time.perf_counter() - tic,
-                       main_loss="rec_loss" if phase.run_backbone else "enopr", has_aux=aux_loss is not None)
+                       data_seconds=waited, main_loss="rec_loss" if phase.run_backbone else "enopr",
+                       has_aux=aux_loss is not None)
         if logger is not None:
             logger.log(row)
         stats.zero_()
+        waited = 0.0
         stop = after_step is not None and after_step()
         tic = time.perf_counter()
         if stop:
@@ -288,8 +293,12 @@ def _batch_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: 
 
 
 def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_norm: float, seconds: float,
-             main_loss: str, has_aux: bool = True) -> dict:
+             data_seconds: float, main_loss: str, has_aux: bool = True) -> dict:
     """The log row of one optimiser step from its summed micro-batch statistics.
+
+    ``samples_per_s`` counts the whole step, waiting for data included; ``data_wait`` is the
+    share of it spent waiting for the loader (near 0: the model is the bottleneck; large: the
+    run is input-bound -- more workers, or cheaper decoding).
 
     None for what does not apply (empty log cells): alpha and ENoPR without an aux loss (RGB),
     the recognition loss and accuracy when the backbone did not run (separate: PWTP alone).
@@ -299,7 +308,8 @@ def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_
     row = {"step": state.step, "epoch": state.epoch, "lr": lr, "rec_loss": stats[0].item() / n if rec else None,
            "enopr": stats[1].item() / n if has_aux else None, "alpha": alpha if has_aux else None,
            "acc": 100.0 * stats[2].item() / max(stats[3].item(), 1) if rec else None,
-           "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(seconds, 1e-9)}
+           "grad_norm": grad_norm, "samples_per_s": stats[3].item() / max(seconds, 1e-9),
+           "data_wait": min(data_seconds / max(seconds, 1e-9), 1.0)}
     row["loss"] = row[main_loss]
     return row
 
