@@ -81,10 +81,19 @@ def test_code_running_pickle_is_refused(tmp_path):
 def test_missing_and_corrupt(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError):
-        load_checkpoint(bad)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(4)}, good)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    # damaged or foreign files raise all sorts inside torch.load (EOFError, KeyError, IndexError,
+    # struct.error, RuntimeError, UnpicklingError): each is one CheckpointError naming the file
+    junk = [b"", b"not a checkpoint at all\n" * 5, data[: len(data) // 2], pickle.dumps([1, 2], protocol=0)]
+    junk += [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(1, 400, 7)]
+    for i, content in enumerate(junk):
+        bad = tmp_path / f"bad{i}.pt"
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {bad}: not a PyTorch checkpoint"):
+            load_checkpoint(bad)
 
 
 def test_nan_state_is_never_written(tmp_path):

@@ -52,9 +52,12 @@ def write_colour_videos(root: Path, per_class: int, seed: int) -> list[tuple[Pat
 
 
 def train_overrides(root: Path, out_dir: Path) -> list[str]:
+    # no dropout and 12 epochs: the top probability on new videos is 0.78-0.90 over seeds 0-4
+    # (dropout 0.5 and 8 epochs left seed 0 at 0.63, too near the 0.6 the test asks for)
     return ["data.dataset=folder", f"data.root={root}", f"data.segments={S}", f"data.frames={T}",
             "data.crop_size=32", "data.num_workers=0", "model.representation=rgb", "model.backbone=small2d",
-            "model.backbone_kwargs.widths=[8,16,16,16]", "optim.batch_size=4", "optim.lr=0.05", "optim.epochs=8",
+            "model.backbone_kwargs.widths=[8,16,16,16]", "optim.batch_size=4", "optim.lr=0.05", "optim.epochs=12",
+            "model.dropout=0",
             "log.tensorboard=false", "log.progress=false", f"log.out_dir={out_dir}", "eval.every_epochs=0"]
 
 
