@@ -147,17 +147,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
-        if not lines:  # junk bytes fail the unpickler too ("Unsupported operand 65"), naming no global
-            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or a damaged one") from None
-        first = lines[0]
-        raise CheckpointError(
-            f"refused to load {path}: it holds objects whose unpickling would run code "
-            f"(torch.load weights_only=True rejected it: {first})"
-        ) from None
+        if lines:
+            raise CheckpointError(
+                f"refused to load {path}: it holds objects whose unpickling would run code "
+                f"(torch.load weights_only=True rejected it: {lines[0]})"
+            ) from None
+        error: Exception = exc  # junk bytes fail the unpickler too ("Unsupported operand 65"), naming no global
     except Exception as exc:  # damaged or foreign files raise anything (EOFError, KeyError, IndexError, struct.error, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or a damaged one "
-                              f"({type(exc).__name__}{': ' + first if first else ''})") from None
+        error = exc
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or a damaged one "
+                          f"({type(error).__name__}{': ' + first if first else ''})")
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
