@@ -229,3 +229,69 @@ def test_jpeg_folders_decode_with_libjpeg_turbo_like_pil_and_name_a_broken_frame
     (tmp_path / "00004.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(VideoDecodeError, match="00004.jpg"):
         read_frames(tmp_path, [0, 3])
+
+
+@pytest.fixture
+def pyav19_open(monkeypatch):
+    """``av.open`` with PyAV 19's parameters: ``metadata_errors`` is gone (a TypeError, as there)."""
+    import av
+
+    import dynapp.data.decode as decode
+
+    real_open = av.open
+    calls = []
+
+    def open_19(file, mode=None, format=None, options=None, container_options=None, buffer_size=32768,
+                timeout=None, io_open=None, hwaccel=None):
+        calls.append(file)
+        return real_open(file, mode=mode, format=format, options=options, container_options=container_options,
+                         buffer_size=buffer_size, timeout=timeout)
+
+    monkeypatch.setattr(av, "open", open_19)
+    monkeypatch.setattr(decode, "_AV_OPEN_KWARGS", dict(decode._AV_OPEN_KWARGS))
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["h264_mp4", "mpeg4_avi", "hevc_mkv"])
+def test_videos_open_with_the_pyav_19_calling_convention(videos, kind, pyav19_open):
+    idx = [5, 0, 19]
+    assert _decoded_index(read_frames(videos[kind], idx)).tolist() == idx
+    assert count_frames(videos[kind], exact=True) == 20
+    assert str(videos[kind]) in pyav19_open
+
+
+def test_a_dataset_loads_with_the_pyav_19_calling_convention_in_workers(tmp_path, pyav19_open):
+    # DataLoader workers are forked from this process, so they inherit the PyAV 19 av.open.
+    from torch.utils.data import DataLoader
+
+    from dynapp.data import build_dataset
+
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+            write_video(tmp_path / split / f"c{c}" / "v.mp4", ramp_frames(16, 32, 32))
+    ds = build_dataset("folder", tmp_path, train=True, segments=2, frames=2, crop_size=24)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+    assert sum(b[0].shape[0] for b in batches) == 2 and ds.num_bad == 0
+
+
+def test_av_open_type_errors_other_than_the_keyword_are_not_swallowed(monkeypatch):
+    import av
+
+    import dynapp.data.decode as decode
+
+    def broken(*args, **kwargs):
+        raise TypeError("something else entirely")
+
+    monkeypatch.setattr(av, "open", broken)
+    monkeypatch.setattr(decode, "_AV_OPEN_KWARGS", {"metadata_errors": "ignore"})
+    with pytest.raises(TypeError, match="something else"):
+        decode._av_open("x.mp4")
+    assert decode._AV_OPEN_KWARGS == {"metadata_errors": "ignore"}
+
+
+@pytest.mark.parametrize("threads,expected", [(1, "NONE"), (0, "SLICE"), (2, "SLICE")])
+def test_more_decoding_threads_are_slice_threads_never_frame_threads(videos, threads, expected):
+    with open_video(videos["h264_mp4"], threads=threads) as video:
+        assert str(video.stream.thread_type).rsplit(".", 1)[-1].upper() == expected
+        assert _decoded_index(video.read([0, 9, 3])).tolist() == [0, 9, 3]

@@ -24,6 +24,13 @@ WebM) the packets are counted; when decoding stops before the announced count, u
 ``max(2, 5%)`` missing trailing frames are tolerated (their indices read the last decodable frame,
 as headers are often off by a frame or two), more than that raises a "truncated" error.
 Every failure is raised as :class:`VideoDecodeError` whose message names the file.
+
+Threads: one decoding thread per video by default (a DataLoader worker per core is faster).  With
+``threads != 1`` PyAV uses FFmpeg's *slice* threads only.  Frame threading (PyAV's ``"AUTO"`` and
+``"FRAME"``) is never used: this reader stops decoding at the last wanted frame, and a
+frame-threaded decoder abandoned before the end of its stream has hung DataLoader workers
+(PyAV-Org/PyAV#1849, pytorch/vision#9010; NVIDIA-TAO/tao-pytorch#109 moved to slice threads for
+that reason).  ``benchmarks/bench_data.py`` measures both per codec.
 """
 
 from __future__ import annotations
@@ -207,16 +214,35 @@ def _av_error_types():
     return (av.FFmpegError, OSError, ValueError, EOFError, IndexError)
 
 
+#: Keyword arguments of ``av.open`` for reading.  PyAV <= 18 decodes container metadata strictly
+#: unless told ``metadata_errors="ignore"`` (a file with non-UTF-8 tags would not open); PyAV 19
+#: removed the keyword and always decodes metadata leniently.  Found out on the first open.
+_AV_OPEN_KWARGS: dict = {"metadata_errors": "ignore"}
+
+
+def _av_open(path: str):
+    """``av.open(path)`` for reading, on every PyAV from 12 to 19 (see :data:`_AV_OPEN_KWARGS`)."""
+    import av
+
+    global _AV_OPEN_KWARGS
+    if _AV_OPEN_KWARGS:
+        try:
+            return av.open(path, **_AV_OPEN_KWARGS)
+        except TypeError as err:
+            if "metadata_errors" not in str(err):
+                raise
+            _AV_OPEN_KWARGS = {}  # PyAV >= 19: metadata is never strict, the keyword is gone
+    return av.open(path)
+
+
 class _PyAVVideo(Video):
     #: Seek again when the next wanted frame is this many frames ahead of the decoder.
     SEEK_GAP = 48
 
-    def __init__(self, path: Path, threads: int = 1, num_frames: int | None = None):
-        import av
-
+    def __init__(self, path: Path, threads: int = 1, num_frames: int | None = None, thread_type: str = "SLICE"):
         self.path = str(path)
         try:
-            self.container = av.open(self.path, metadata_errors="ignore")
+            self.container = _av_open(self.path)
         except _av_error_types() as err:
             raise VideoDecodeError(path, f"not a readable video ({_reason(err)})") from None
         try:
@@ -224,8 +250,11 @@ class _PyAVVideo(Video):
                 raise VideoDecodeError(path, "no video stream")
             self.stream = self.container.streams.video[0]
             # One thread per video unless asked: with a DataLoader worker per core, FFmpeg's
-            # frame/slice threads only add hand-over latency (benchmarks/bench_data.py, "threads").
-            self.stream.thread_type = "NONE" if threads == 1 else "AUTO"
+            # threads only add hand-over latency (benchmarks/bench_data.py, "threads").  More
+            # threads are slice threads, never frame threads: this reader stops decoding at the
+            # last wanted frame, and frame threading stopped before the end of the stream can
+            # leave a loader worker hung (see the module docstring).
+            self.stream.thread_type = "NONE" if threads == 1 else thread_type
             self.stream.thread_count = max(threads, 0)
             rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
             self.fps = Fraction(rate) if rate else None
