@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from dynapp.backbones.shapes import check_video_input
-from dynapp.backbones.weights import load_backbone_weights, read_state_dict
+from dynapp.backbones.weights import load_backbone_weights, read_state_dict, torchvision_state_dict
 
 __all__ = ["temporal_shift", "ShiftConv2d", "TSMResNet", "build_tsm_resnet"]
 
@@ -128,10 +128,10 @@ class TSMResNet(nn.Module):
         return x.view(n, s, -1)
 
     def load_pretrained(self, pretrained: str) -> None:
-        """Load a local file, or ``"imagenet"``/``"torchvision"`` (torchvision's ImageNet V1 weights, online)."""
+        """Load a local file, or ``"imagenet"``/``"torchvision"`` (torchvision's ImageNet V1 weights, from
+        torch's hub cache or downloaded: :func:`~dynapp.backbones.weights.torchvision_state_dict`)."""
         if pretrained in ("imagenet", "torchvision"):
-            weights = getattr(torchvision.models, self._weights_enum).IMAGENET1K_V1
-            sd = weights.get_state_dict(progress=False)
+            sd = torchvision_state_dict(getattr(torchvision.models, self._weights_enum).IMAGENET1K_V1)
         else:
             sd = read_state_dict(pretrained)
         load_backbone_weights(self, sd, first_conv="conv1.weight", ignore=("fc.",))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dynapp.backbones.shapes import check_video_input
-from dynapp.backbones.weights import inflate_input_kernel, load_backbone_weights, read_state_dict
+from dynapp.backbones.weights import inflate_input_kernel, load_backbone_weights, read_state_dict, timm_state_dict
 
 __all__ = ["VideoViT", "build_vit", "image_to_video_vit_state_dict"]
 
@@ -79,7 +79,7 @@ class VideoViT(nn.Module):
             tags = timm.list_pretrained(name.split(".")[0] + ".*")  # an untagged name takes timm's default tag
             if name not in tags and not ("." not in name and tags):
                 raise ValueError(f"{pretrained!r} is neither a weights file nor a timm pretrained tag (e.g. {DEFAULT_TIMM_WEIGHTS!r})")
-            sd = timm.create_model(name, pretrained=True, num_classes=0).state_dict()  # downloads: online only
+            sd = timm_state_dict(name)  # the Hugging Face cache, else a download
         sd = image_to_video_vit_state_dict(sd, self)
         load_backbone_weights(self, sd, first_conv="vit.patch_embed.proj.weight")
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["inflate_input_kernel", "read_state_dict", "load_backbone_weights"]
+__all__ = ["inflate_input_kernel", "read_state_dict", "load_backbone_weights", "torchvision_state_dict",
+           "timm_state_dict"]
 
 # Containers that training frameworks wrap a model's weights in (PySlowFast and PyTorchVideo
 # use "model_state"; many trainers use "state_dict" or "model").
@@ -65,6 +66,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         out[key[len("module."):] if key.startswith("module.") else key] = value
     return out
+
+
+def torchvision_state_dict(weights) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision ``Weights`` entry (e.g. ``ResNet50_Weights.IMAGENET1K_V1``).
+
+    Read from torch's hub cache, ``$TORCH_HOME/hub/checkpoints/<file name of weights.url>``
+    (``~/.cache/torch`` without ``TORCH_HOME``), when the file is there: no network is touched.
+    Otherwise downloaded into that cache; when the download fails (offline), an ``OSError`` says
+    which file to put where.
+    """
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if os.path.isfile(path):
+        return read_state_dict(path)
+    try:
+        return weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise OSError(
+            f"cannot download {weights.url} ({str(err).splitlines()[0][:120]}); offline, copy that file to "
+            f"{path} (TORCH_HOME sets the cache folder) or give a local weights file as model.pretrained"
+        ) from None
+
+
+def timm_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of timm's pretrained model ``name`` (e.g. ``vit_base_patch16_224.augreg_in21k``).
+
+    timm takes it from the Hugging Face hub cache (``$HF_HOME/hub``, ``~/.cache/huggingface``
+    without ``HF_HOME``) or downloads it there; with ``HF_HUB_OFFLINE=1`` only the cache is read.
+    When neither works, an ``OSError`` says how to fill the cache or use a local file.
+    """
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    except (OSError, RuntimeError, ValueError) as err:  # the hub's offline errors are OSErrors
+        hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or name
+        raise OSError(
+            f"cannot load timm weights {name!r} ({str(err).splitlines()[0][:120]}); offline, fill the Hugging "
+            f"Face cache once where there is a network (`hf download {hub_id}`, then copy $HF_HOME, "
+            "default ~/.cache/huggingface, and set HF_HUB_OFFLINE=1) or give a local weights file as "
+            "model.pretrained"
+        ) from None
 
 
 def load_backbone_weights(
