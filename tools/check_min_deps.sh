@@ -14,20 +14,17 @@ VENV=${VENV:-.venv-min}
 
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" - > "$VENV/min-constraints.txt" <<'PYCODE'
+# The bounds as exact pins (each lower bound must name a real release), read with the host's
+# Python 3.11+ (tomllib), whatever Python the venv has.
+python3 - > "$VENV/min-constraints.txt" <<'PYCODE'
 import re
-try:
-    import tomllib
-except ImportError:  # Python 3.10: read the bounds with a regular expression instead
-    tomllib = None
-text = open("pyproject.toml", encoding="utf-8").read()
-if tomllib:
-    project = tomllib.loads(text)["project"]
-    reqs = list(project["dependencies"])
-    for name, extra in project["optional-dependencies"].items():
-        reqs += [r for r in extra if not r.startswith("dynapp")]
-else:
-    reqs = re.findall(r'"([A-Za-z0-9_.\-]+\s*>=[^"]+)"', text)
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+reqs = list(project["dependencies"])
+for extra in project["optional-dependencies"].values():
+    reqs += [r for r in extra if not r.startswith("dynapp")]
 for req in reqs:
     m = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([^,;\s]+)", req)
     if m:
