@@ -76,6 +76,9 @@ def test_torchcodec_gives_the_frames_of_pyav(seek_videos, codec):
         # B-frames (its timestamps are read off the demuxer's, one frame ahead of the decoded ones):
         # that video is read by the PyAV reader, the others by torchcodec itself.
         assert (tc.pyav is not None) == (codec == "mpeg4"), tc.fallback_reason
+    with open_video(path, "torchcodec") as again:  # remembered: opened with PyAV alone
+        assert (again.decoder is None) == (codec == "mpeg4")
+        assert torch.equal(again.read([7, 70]), read_frames(path, [7, 70])) and again.frame_size == (32, 32)
 
 
 @needs_torchcodec

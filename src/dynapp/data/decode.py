@@ -560,6 +560,10 @@ def _tc_reason(err: BaseException) -> str:
     return re.sub(r"^.*?\.cpp:\d+,\s*", "", _reason(err))
 
 
+#: Videos of this process whose torchcodec frames could not be trusted: opened with PyAV directly.
+_PYAV_ONLY: set[str] = set()
+
+
 class _TorchCodecVideo(Video):
     """A video decoded by torchcodec (FFmpeg's shared libraries; on the CPU or on NVDEC).
 
@@ -572,7 +576,7 @@ class _TorchCodecVideo(Video):
     frame; variable frame rate), or when torchcodec fails (a truncated file, a header that
     announces more frames than there are), this video is read by the PyAV reader from then on,
     which gives its frames, its tolerance for headers that are off by a frame or two, and its
-    "truncated" errors.
+    "truncated" errors.  Such a video is remembered (per process) and opened with PyAV alone after.
 
     Frames come back on the CPU (uint8, channels-last like PyAV's): with ``device="cuda"``
     NVDEC decodes and the short-side resize runs on the GPU, then the frames are copied back,
@@ -588,6 +592,11 @@ class _TorchCodecVideo(Video):
         self.pyav: _PyAVVideo | None = None  # set when torchcodec's frames cannot be trusted
         self.fallback_reason: str | None = None
         self._pts0: float | None = None  # timestamp of frame 0 as decoded (first read)
+        self.decoder = None
+        if self.path in _PYAV_ONLY:
+            self._use_pyav("torchcodec's frames were not those of PyAV before")
+            self.num_frames, self.meta = self.pyav.num_frames, None
+            return
 
         def decoder(seek_mode: str):
             return decoders.VideoDecoder(self.path, seek_mode=seek_mode, dimension_order="NHWC",
@@ -612,6 +621,8 @@ class _TorchCodecVideo(Video):
 
     @property
     def frame_size(self):
+        if self.meta is None:
+            return self.pyav.frame_size
         m = self.meta
         return (m.height, m.width) if m.height and m.width else None
 
@@ -623,7 +634,8 @@ class _TorchCodecVideo(Video):
     def _use_pyav(self, reason: str) -> _PyAVVideo:
         if self.pyav is None:
             self.fallback_reason = reason
-            self.pyav = _PyAVVideo(Path(self.path), threads=self.threads, num_frames=self.num_frames)
+            _PYAV_ONLY.add(self.path)
+            self.pyav = _PyAVVideo(Path(self.path), threads=self.threads, num_frames=getattr(self, "num_frames", None))
         return self.pyav
 
     def _decode(self, wanted: np.ndarray):
