@@ -638,30 +638,32 @@ class _TorchCodecVideo(Video):
             self.pyav = _PyAVVideo(Path(self.path), threads=self.threads, num_frames=getattr(self, "num_frames", None))
         return self.pyav
 
-    def _decode(self, wanted: np.ndarray):
-        """(frames (N, H, W, 3) of ``wanted`` on the decoding device, None) or (None, why not)."""
-        ask = wanted if self._pts0 is not None else np.union1d([0], wanted)
+    def _decode(self, idx: np.ndarray):
+        """(frames (T, H, W, 3) of ``idx`` on the decoding device, None) or (None, why not).
+
+        torchcodec takes the indices in any order with repeats (it sorts them and decodes each
+        frame once); frame 0 is added on the first read, for its timestamp.
+        """
+        first = self._pts0 is None
+        ask = np.concatenate([[0], idx]) if first else idx
         try:
             batch = self.decoder.get_frames_at(indices=ask.tolist())
         except Exception as err:
             return None, f"torchcodec failed: {_tc_reason(err)}"
         fps = self.meta.average_fps
         pts = batch.pts_seconds.double().cpu().numpy()
-        if self._pts0 is None:
+        if first:
             self._pts0 = float(pts[0])
         if not fps or not np.array_equal(np.round((pts - self._pts0) * fps).astype(np.int64), ask):
             return None, "torchcodec's timestamps do not match the frame indices"
-        return batch.data[torch.from_numpy(np.searchsorted(ask, wanted)).to(batch.data.device)], None
+        return (batch.data[1:] if first else batch.data), None
 
     def read(self, indices, short_side=None):
         idx = _as_indices(indices, self.num_frames, self.path)
         if self.pyav is None:
-            clamped = np.minimum(idx, self.num_frames - 1)  # past the end: the last frame
-            wanted = np.unique(clamped)
-            frames, why = self._decode(wanted)
+            frames, why = self._decode(np.minimum(idx, self.num_frames - 1))  # past the end: the last frame
             if frames is not None:
-                return self._finish(frames[torch.from_numpy(np.searchsorted(wanted, clamped)).to(frames.device)],
-                                    short_side)
+                return self._finish(frames, short_side)
             self._use_pyav(why)
         return self.pyav.read(idx, short_side=short_side)
 
