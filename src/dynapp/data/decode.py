@@ -4,12 +4,14 @@ Two sources behind one function, :func:`read_frames` (or :func:`open_video` to l
 count and read with the same open handle):
 
 * a video file, decoded with PyAV (FFmpeg bundled in the ``av`` wheel: H.264, HEVC, MPEG-4
-  part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec when it is installed and
-  asked for (``backend="torchcodec"``);
+  part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec (``backend="torchcodec"``,
+  the ``torchcodec`` extra and the system's FFmpeg libraries; on the CPU or, with
+  ``device="cuda"``, on NVDEC), which gives the same frames (:class:`_TorchCodecVideo`);
 * a folder of JPEG/PNG frames (Something-Something V1 ships ``00001.jpg``, other tools write
   ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).  JPEGs decode with
-  libjpeg-turbo through ``torchvision.io.decode_jpeg`` (PIL when they are shrunk while
-  decoding, PIL's DCT-domain draft mode, or for PNG).
+  libjpeg-turbo through torchcodec's ``decode_jpeg``, else torchvision's (deprecated since
+  torchvision 0.29; its warning is silenced), else PIL (also when they are shrunk while
+  decoding, PIL's DCT-domain draft mode, and for PNG): :func:`_jpeg_decoders`.
 
 Whatever the codec, pixel format, alpha channel or grayscale, the output is RGB:
 ``(C=3, T, H, W)`` uint8, frames in the order of the requested indices (repeats allowed).
@@ -30,7 +32,8 @@ Threads: one decoding thread per video by default (a DataLoader worker per core 
 ``"FRAME"``) is never used: this reader stops decoding at the last wanted frame, and a
 frame-threaded decoder abandoned before the end of its stream has hung DataLoader workers
 (PyAV-Org/PyAV#1849, pytorch/vision#9010; NVIDIA-TAO/tao-pytorch#109 moved to slice threads for
-that reason).  ``benchmarks/bench_data.py`` measures both per codec.
+that reason).  ``benchmarks/bench_data.py`` measures both per codec.  torchcodec gets the same
+``threads`` as its ``num_ffmpeg_threads`` (1 by default: one thread per video and loader worker).
 """
 
 from __future__ import annotations
