@@ -179,8 +179,8 @@ class _FrameFolder(Video):
             raise VideoDecodeError(self.path, "frame images differ in size") from None
 
     def _read_jpegs(self, unique: list[int]) -> dict[int, np.ndarray] | None:
-        """All frames with :func:`_jpeg_decoder` (libjpeg-turbo, same pixels as PIL, 1.3x its
-        speed).  None when there is no such decoder or a file fails: PIL then reads them and
+        """All frames with :func:`_jpeg_decoder` (libjpeg-turbo, same pixels as PIL, about 1.5x
+        its speed).  None when there is no such decoder or a file fails: PIL then reads them and
         names a bad file."""
         decode = _jpeg_decoder()
         if decode is None:
@@ -215,10 +215,11 @@ class _FrameFolder(Video):
 
 def _jpeg_decoders():
     """JPEG decoders of RGB (3, H, W) uint8 tensors from a list of encoded byte tensors, in the
-    order of preference, by name.  Both use libjpeg-turbo and give PIL's pixels; measured in
-    ``benchmarks/bench_data.py`` ("jpeg"): torchcodec 0.87 ms, torchvision 0.86 ms, PIL 1.13 ms
-    per 320x240 frame.  torchcodec's comes first as the maintained one: torchvision 0.29
-    deprecated its image decoders for torchcodec's (its warning is silenced here)."""
+    order of preference, by name.  Both use libjpeg-turbo and give PIL's pixels.  Measured with
+    ``benchmarks/bench_data.py`` (JPEG row, 320x240 frames, one core): torchcodec 0.62-0.89 ms,
+    torchvision 0.60-0.63 ms, PIL 1.01-1.40 ms per frame.  torchcodec's comes first as the
+    fastest maintained one: torchvision 0.29 deprecated its image decoders in favour of
+    torchcodec's (a few percent faster here, it stays as the fallback; its warning is silenced)."""
 
     def torchcodec(data):
         from torchcodec.decoders import decode_jpeg  # torchcodec >= 0.16
