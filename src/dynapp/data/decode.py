@@ -575,9 +575,9 @@ class _TorchCodecVideo(Video):
     index to a timestamp (``seek_mode="approximate"``: start + index / fps; the header's frame
     count, else the packets counted with ``seek_mode="exact"``), so every read checks that the
     decoded frames carry the timestamps of the wanted indices, counted from the timestamp of
-    frame 0 as decoded.  When they do not (MPEG-4 part 2 in AVI with B-frames: the demuxer's
-    timestamps are one frame ahead of the decoded ones and torchcodec returns the previous
-    frame; variable frame rate), or when torchcodec fails (a truncated file, a header that
+    frame 0 as decoded.  When they do not (MPEG-4 part 2 in AVI with B-frames: the decoded
+    timestamps start one frame after the stream's, and after a seek torchcodec returns the frame
+    before the wanted one, in both seek modes; variable frame rate), or when torchcodec fails (a truncated file, a header that
     announces more frames than there are), this video is read by the PyAV reader from then on,
     which gives its frames, its tolerance for headers that are off by a frame or two, and its
     "truncated" errors.  Such a video is remembered (per process) and opened with PyAV alone after.
@@ -607,8 +607,8 @@ class _TorchCodecVideo(Video):
                                          num_ffmpeg_threads=max(threads, 0), device=str(self.device))
 
         try:
-            # "approximate": no scan of the file at opening; the same frames as "exact" on H.264,
-            # HEVC and MPEG-4 (tests/test_data_decode.py), as the timestamps are checked anyway.
+            # "approximate": no scan of the whole file at opening, and the same frames as "exact"
+            # on H.264, HEVC and MPEG-4 (tests/test_data_torchcodec.py); timestamps are checked.
             self.decoder = decoder("approximate")
             meta = self.decoder.metadata
             n = meta.num_frames_from_header or num_frames
