@@ -175,16 +175,7 @@ def test_backend_and_device_errors_are_one_line(ramps, monkeypatch):
         read_frames(ramps["h264"], [0], device="cuda")
     with pytest.raises(ValueError, match="expected cpu, cuda or cuda:N"):
         check_backend("torchcodec", "tpu")
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_torchcodec(name, *args, **kwargs):
-        if name.startswith("torchcodec"):
-            raise ImportError("No module named 'torchcodec'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torchcodec)
+    _no_torchcodec(monkeypatch)
     with pytest.raises(ValueError) as info:
         read_frames(ramps["h264"], [0], backend="torchcodec")
     message = str(info.value)
@@ -312,3 +303,29 @@ def test_every_jpeg_decoder_gives_pil_pixels_without_warnings(tmp_path):
         warnings.simplefilter("error")
         clip = read_frames(tmp_path, [4, 0, 2])
     assert torch.equal(clip, torch.stack([pil[4], pil[0], pil[2]], 1))
+
+
+def _no_torchcodec(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchcodec(name, *args, **kwargs):
+        if name.startswith("torchcodec"):
+            raise ImportError("No module named 'torchcodec'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchcodec)
+
+
+def test_inference_decodes_with_the_run_backend_or_pyav_where_torchcodec_is_missing(monkeypatch):
+    from dynapp.apps.inference import preprocessing_from_config
+    from dynapp.config import config_to_dict
+
+    new = config_to_dict(load_config(None, ["data.backend=torchcodec"]))
+    old = config_to_dict(load_config(None, ["data.dataset_kwargs={backend: torchcodec}"]))
+    if HAVE_TORCHCODEC:
+        assert preprocessing_from_config(new)["backend"] == preprocessing_from_config(old)["backend"] == "torchcodec"
+    _no_torchcodec(monkeypatch)
+    with pytest.warns(UserWarning, match="decoding with pyav instead"):
+        assert preprocessing_from_config(new)["backend"] == "pyav"
