@@ -125,6 +125,13 @@ def test_torchcodec_counts_and_past_the_end_indices_as_pyav(ramps, kind):
 
 
 @needs_torchcodec
+def test_past_the_end_is_the_last_frame_also_for_videos_read_by_pyav(seek_videos):
+    with open_video(seek_videos["mpeg4"], "torchcodec") as video:
+        assert torch.equal(video.read([5, 130, 119]), video.read([5, 119, 119]))
+        assert video.pyav is not None
+
+
+@needs_torchcodec
 def test_torchcodec_bad_files_raise_errors_naming_them(tmp_path, ramps):
     junk = tmp_path / "junk.avi"
     junk.write_bytes(b"this is not a video " * 200)

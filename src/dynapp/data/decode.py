@@ -663,9 +663,10 @@ class _TorchCodecVideo(Video):
         return (batch.data[1:] if first else batch.data), None
 
     def read(self, indices, short_side=None):
-        idx = _as_indices(indices, self.num_frames, self.path)
+        # past the end: the last frame (also when PyAV reads, whose truncation checks stay)
+        idx = np.minimum(_as_indices(indices, self.num_frames, self.path), self.num_frames - 1)
         if self.pyav is None:
-            frames, why = self._decode(np.minimum(idx, self.num_frames - 1))  # past the end: the last frame
+            frames, why = self._decode(idx)
             if frames is not None:
                 return self._finish(frames, short_side)
             self._use_pyav(why)
