@@ -250,8 +250,8 @@ def test_cli_trains_a_folder_dataset_with_torchcodec(tmp_path):
     root = _folder_dataset(tmp_path / "data")
     args = ["train", "data.dataset=folder", f"data.root={root}", "data.backend=torchcodec", "data.segments=2",
             "data.frames=2", "data.crop_size=32", "data.num_workers=1", "model.backbone=small2d",
-            "model.backbone_kwargs.widths=[8,16,16,16]", "optim.batch_size=2", "optim.epochs=1", "log.tensorboard=false",
-            "log.progress=false", "eval.every_epochs=0", f"log.out_dir={tmp_path / 'run'}"]
+            "model.backbone_kwargs.widths=[8,16,16,16]", "optim.batch_size=2", "optim.epochs=1",
+            "log.tensorboard=false", "log.progress=false", "eval.every_epochs=0", f"log.out_dir={tmp_path / 'run'}"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -577,10 +577,11 @@ class _TorchCodecVideo(Video):
     decoded frames carry the timestamps of the wanted indices, counted from the timestamp of
     frame 0 as decoded.  When they do not (MPEG-4 part 2 in AVI with B-frames: the decoded
     timestamps start one frame after the stream's, and after a seek torchcodec returns the frame
-    before the wanted one, in both seek modes; variable frame rate), or when torchcodec fails (a truncated file, a header that
-    announces more frames than there are), this video is read by the PyAV reader from then on,
-    which gives its frames, its tolerance for headers that are off by a frame or two, and its
-    "truncated" errors.  Such a video is remembered (per process) and opened with PyAV alone after.
+    before the wanted one, in both seek modes; variable frame rate), or when torchcodec fails
+    (a truncated file, a header that announces more frames than there are), this video is read
+    by the PyAV reader from then on, which gives its frames, its tolerance for headers that are
+    off by a frame or two, and its "truncated" errors.  Such a video is remembered (per process)
+    and opened with PyAV alone after.  Indices past the end read the last frame.
 
     Frames come back on the CPU (uint8, channels-last like PyAV's): with ``device="cuda"``
     NVDEC decodes and the short-side resize runs on the GPU, then the frames are copied back,
