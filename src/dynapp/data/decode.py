@@ -752,11 +752,13 @@ def count_frames(source: str | os.PathLike, *, exact: bool = False, backend: str
     """Frames of a video (from its header, else by counting packets) or images in a frame folder.
 
     ``exact=True`` decodes the whole video and counts the frames that really decode (a check
-    for truncated or corrupt files); a decoding error then raises :class:`VideoDecodeError`.
+    for truncated or corrupt files; with PyAV whatever the backend, whose frames are the same);
+    a decoding error then raises :class:`VideoDecodeError`.
     """
     with open_video(source, backend) as video:
-        if not exact or not isinstance(video, _PyAVVideo):
+        if not exact or isinstance(video, _FrameFolder):
             return video.num_frames
+    with _PyAVVideo(Path(source)) as video:
         try:
             n = video._count_decoded()
         except _av_error_types() as err:
