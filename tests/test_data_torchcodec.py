@@ -342,3 +342,16 @@ def test_inference_decodes_with_the_run_backend_or_pyav_where_torchcodec_is_miss
     _no_torchcodec(monkeypatch)
     with pytest.warns(UserWarning, match="decoding with pyav instead"):
         assert preprocessing_from_config(new)["backend"] == "pyav"
+
+
+def test_cli_says_how_to_install_torchcodec_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dynapp.cli import app
+
+    root = _folder_dataset(tmp_path / "data", count=1)
+    _no_torchcodec(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "data.dataset=folder", f"data.root={root}", "data.backend=torchcodec",
+                                   "data.num_workers=0", f"log.out_dir={tmp_path / 'run'}"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "pip install -e '.[torchcodec]'" in res.output and "FFmpeg" in res.output
