@@ -13,8 +13,13 @@ alternating rounds so that machine load hits every row alike; medians over ``--r
 * **Loader**: the training DataLoader (TSN S x T, multi-scale crop, flip) with 0, 1, 2 workers,
   uint8 clips (the default) and float32 normalised clips (``dtype="float32"``), clips/s of whole
   passes over the videos (worker start-up excluded: persistent workers, a warm-up pass).  ``loader_over_floor[w]`` = loader / floor.
-* **Threads**: one clip's frames read by ``open_video(...).read`` with ``threads=1`` (the
-  default) and ``threads=0`` (FFmpeg's choice) for H.264, HEVC and MPEG-4 copies of the videos.
+* **Codecs, backends and threads**: one clip's frames read by ``open_video(...).read`` for
+  H.264, HEVC and MPEG-4 part 2 (AVI, B-frames) copies of the videos: PyAV with ``threads=1``
+  (no FFmpeg threads, the default), ``threads=0`` with slice threads (what the reader uses) and
+  ``threads=0`` with frame threading (``thread_type="AUTO"``, built directly, never used by the
+  reader), and torchcodec (``backend="torchcodec"``, one FFmpeg thread) when it is installed.
+* **JPEG frames**: ms per 320x240 frame for every JPEG decoder the frame-folder reader can use
+  (torchcodec's, torchvision's, PIL), 16 frames per call.
 * **Long videos**: ``--long-videos`` videos of ``--long-length`` frames (10 s at 30 fps),
   dense sampling of S x T frames (stride 1, the paper's Kinetics protocol, and ``--long-stride``),
   keyframes every ``--long-gop`` frames: the reader (keyframe seek, unreferenced frames skipped,
@@ -25,7 +30,9 @@ Prints a table, then one JSON line::
 
     {"clips_per_s": {"uint8": {"0": ..}, "float32": {..}}, "floor_clips_per_s": {..},
      "loader_over_floor": {"0": .., "1": .., "2": ..}, "uint8_over_float32": {..}, "mb_per_item": {..},
-     "threads_ms_per_clip": {"h264": {"1": .., "0": ..}, ..}, "long": {..}, "config": {..}}
+     "threads_ms_per_clip": {"h264": {"1": .., "0": .., "0_auto": ..}, ..},
+     "codec_clips_per_s": {"h264": {"pyav": .., "torchcodec": ..}, ..}, "torchcodec_via_pyav": {..},
+     "jpeg_ms_per_frame": {"torchcodec": .., "torchvision": .., "pil": ..}, "long": {..}, "config": {..}}
 
 Target: ``loader_over_floor["1"] >= 0.8`` and the 2-worker loader above the 1-worker one (on a
 machine with 2 free cores).
@@ -49,6 +56,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dynapp.data import build_dataset, open_video
+from dynapp.data.decode import _jpeg_decoders, _PyAVVideo, check_backend
 from dynapp.data.encode import write_video
 from dynapp.data.sampling import sample_indices
 
@@ -131,6 +139,89 @@ def loader_for(ds, workers: int, batch_size: int) -> DataLoader:
     return loader
 
 
+def _has_torchcodec() -> bool:
+    try:
+        check_backend("torchcodec")
+        return True
+    except ValueError:
+        return False
+
+
+def codec_rows(tmp: Path, args, indices: list[np.ndarray]) -> dict:
+    """ms per clip of PyAV's threading modes, clips/s of PyAV and torchcodec, per codec."""
+    readers = {
+        "1": lambda p: open_video(p, threads=1),  # thread_type NONE
+        "0": lambda p: open_video(p, threads=0),  # SLICE: what the reader uses
+        "0_auto": lambda p: _PyAVVideo(p, threads=0, thread_type="AUTO"),  # frame threading
+    }
+    torchcodec = _has_torchcodec()
+    if torchcodec:
+        readers["torchcodec"] = lambda p: open_video(p, "torchcodec")
+    threads, clips, via_pyav = {}, {}, {}
+    n = min(args.codec_videos, args.videos)
+    for codec, ext in (("libx264", "mp4"), ("libx265", "mkv"), ("mpeg4", "avi")):
+        vids = make_videos(tmp / codec, n, args.length, args.height, args.width, codec=codec, ext=ext)
+        items = list(zip(vids, indices))
+        per = {k: [] for k in readers}
+        fell_back = False
+        for _ in range(args.rounds):
+            for k, opener in readers.items():
+                def read(path, idx, opener=opener):
+                    nonlocal fell_back
+                    with opener(path) as v:
+                        v.read(idx)
+                        fell_back |= getattr(v, "pyav", None) is not None
+                per[k].append(1000 / time_calls(read, items))
+        name = {"libx264": "h264", "libx265": "hevc", "mpeg4": "mpeg4"}[codec]
+        threads[name] = {k: median(per[k]) for k in ("1", "0", "0_auto")}
+        clips[name] = {"pyav": round(1000 / threads[name]["1"], 2)}
+        if torchcodec:
+            clips[name]["torchcodec"] = round(1000 / median(per["torchcodec"]), 2)
+            via_pyav[name] = fell_back
+    print("one clip through open_video: ms per clip (PyAV threads=1 | threads=0 SLICE | threads=0 AUTO) and "
+          "clips/s (PyAV threads=1 | torchcodec)")
+    print(f"{'codec':>6} | {'1':>6} | {'0 SLICE':>7} | {'0 AUTO':>7} | {'PyAV/s':>7} | {'torchcodec/s':>12}")
+    for name, t in threads.items():
+        tc = clips[name].get("torchcodec")
+        note = " (read by PyAV: see the README)" if via_pyav.get(name) else ""
+        print(f"{name:>6} | {t['1']:6.1f} | {t['0']:7.1f} | {t['0_auto']:7.1f} | {clips[name]['pyav']:7.2f} | "
+              + (f"{tc:12.2f}{note}" if tc is not None else f"{'not installed':>12}"))
+    return {"threads_ms_per_clip": threads, "codec_clips_per_s": clips, "torchcodec_via_pyav": via_pyav}
+
+
+def jpeg_rows(rounds: int, frames: int = 16) -> dict:
+    """ms per 320x240 JPEG frame (quality 90) of each decoder the frame-folder reader can use."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8))
+    texture = np.asarray(blobs.resize((640, 480), Image.BICUBIC)).astype(np.int16)
+    data, raw = [], []
+    for t in range(frames):
+        img = np.clip(texture[2 * t:2 * t + 240, 3 * t:3 * t + 320] + rng.integers(-8, 9, (240, 320, 3)), 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(img.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        raw.append(buf.getvalue())
+        data.append(torch.frombuffer(bytearray(raw[-1]), dtype=torch.uint8))
+    fns = dict(_jpeg_decoders())
+    fns["pil"] = lambda ds: [np.asarray(Image.open(io.BytesIO(raw[i])).convert("RGB")) for i in range(len(ds))]
+    times: dict = {}
+    for name, fn in fns.items():
+        try:
+            fn(data[:1])
+        except Exception:  # not installed here
+            continue
+        times[name] = []
+    for _ in range(rounds):
+        for name in times:
+            tic = time.perf_counter()
+            fns[name](data)
+            times[name].append((time.perf_counter() - tic) * 1000 / frames)
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=24)
@@ -195,23 +286,10 @@ def main() -> None:
             assert ds[dt].num_bad == 0
         del ld
 
-        # Decoding threads per codec: one clip's frames through open_video(...).read
-        threads: dict = {}
-        n = min(args.codec_videos, args.videos)
-        for codec, ext in (("libx264", "mp4"), ("libx265", "mkv"), ("mpeg4", "avi")):
-            vids = make_videos(Path(tmp) / codec, n, args.length, args.height, args.width, codec=codec, ext=ext)
-            per = {str(t): [] for t in (1, 0)}
-            for _ in range(args.rounds):
-                for t in (1, 0):
-                    def read(path, idx, t=t):
-                        with open_video(path, threads=t) as v:
-                            v.read(idx)
-                    per[str(t)].append(1000 / time_calls(read, list(zip(vids, [pl[1] for pl in plans]))))
-            name = {"libx264": "h264", "libx265": "hevc", "mpeg4": "mpeg4"}[codec]
-            threads[name] = {t: median(v) for t, v in per.items()}
-        out["threads_ms_per_clip"] = threads
-        print("ms per clip by decoding threads (1 = one thread, 0 = FFmpeg's choice):",
-              ", ".join(f"{c} {v['1']:.1f} vs {v['0']:.1f}" for c, v in threads.items()))
+        # Codecs: PyAV's threading modes and torchcodec, one clip's frames through open_video(...).read
+        out.update(codec_rows(Path(tmp), args, [pl[1] for pl in plans]))
+        out["jpeg_ms_per_frame"] = jpeg_rows(args.rounds)
+        print("JPEG ms per 320x240 frame: " + ", ".join(f"{k} {v:.3f}" for k, v in out["jpeg_ms_per_frame"].items()))
 
         # Long videos, dense sampling
         long: dict = {}

@@ -62,6 +62,8 @@ class DataConfig:
     # DataLoader workers; at most the machine's cores (more only warns and slows a small machine)
     num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     num_samples: int = 64  # only for dataset "random": number of videos
+    backend: str = "pyav"  # video decoder: pyav or torchcodec (pip install -e '.[torchcodec]'); the same frames
+    decode_device: str = "cpu"  # cuda: NVDEC decoding with torchcodec, in the main process (data.num_workers=0)
     dataset_kwargs: dict = field(default_factory=dict)  # passed to build_dataset as is
 
 
@@ -312,6 +314,21 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_decoding(d: DataConfig) -> None:
+    """data.backend and data.decode_device (whether torchcodec and CUDA are there is checked when
+    a dataset is built: a saved config stays loadable on any machine)."""
+    from dynapp.data.decode import BACKENDS, decode_device
+
+    _check(d.backend in BACKENDS, f"data.backend: expected {' or '.join(BACKENDS)}, got {d.backend!r}")
+    try:
+        cuda = decode_device(d.decode_device).type == "cuda"
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from None
+    _check(not cuda or d.backend == "torchcodec", "data.decode_device: cuda needs data.backend=torchcodec")
+    _check(not cuda or d.num_workers == 0, "data.decode_device: cuda decodes in the main process, set "
+           "data.num_workers=0 (CUDA cannot start in forked DataLoader workers)")
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks across the whole config (one-line ``ConfigError`` on the first failure)."""
     d, m, o, j, e = cfg.data, cfg.model, cfg.optim, cfg.joint, cfg.eval
@@ -324,6 +341,7 @@ def validate(cfg: RunConfig) -> None:
     _check(d.num_classes >= 0, f"data.num_classes: must be >= 0, got {d.num_classes}")
     _check(d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
     _check(d.split in (1, 2, 3), f"data.split: expected 1, 2 or 3, got {d.split}")
+    _check_decoding(d)
     _check(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _check(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size: must be >= 1, got {o.batch_size}")

@@ -19,6 +19,7 @@ normalised.  The same holds for the features and for the exported graph.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dynapp.config import config_from_dict
-from dynapp.data.decode import VideoDecodeError, open_video
+from dynapp.data.decode import VideoDecodeError, check_backend, open_video
 from dynapp.data.sampling import sample_indices
 from dynapp.data.transforms import center_crop, three_crop
 from dynapp.engine.checkpoint import CheckpointError, load_checkpoint, strip_module_prefix
@@ -56,13 +57,26 @@ def preprocessing_from_config(config: dict) -> dict[str, Any]:
 
     Keys: segments, frames, sampling, stride, crop_size, scale_size (None: the dataset's default
     rule), num_clips, num_crops, in_channels, backend.
+
+    ``backend`` is the run's (``data.backend``); where torchcodec is not installed it is ``pyav``
+    with a warning (the same frames).  Decoding is on the CPU whatever the run's
+    ``data.decode_device`` (views are decoded in DataLoader workers, on any machine).
     """
+    from dynapp.engine.run import dataset_options
+
     cfg = config_from_dict(config)
-    d, e, kw = cfg.data, cfg.eval, cfg.data.dataset_kwargs
+    d, e = cfg.data, cfg.eval
+    kw = dataset_options(d.dataset_kwargs, backend=d.backend)
+    backend = kw["backend"]
+    try:
+        check_backend(backend)
+    except ValueError as err:
+        warnings.warn(f"{err}; decoding with pyav instead (the same frames)", stacklevel=2)
+        backend = "pyav"
     return {
         "segments": d.segments, "frames": d.frames, "sampling": d.sampling, "stride": int(kw.get("stride", 1)),
         "crop_size": e.crop_size or d.crop_size, "scale_size": kw.get("scale_size"), "num_clips": e.clips,
-        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "backend": kw.get("backend", "pyav"),
+        "num_crops": e.crops, "in_channels": cfg.model.in_channels, "backend": backend,
     }
 
 

@@ -2,8 +2,9 @@
 
 Public API::
 
-    read_frames(source, indices, *, short_side=None, backend="pyav") -> (3, T, H, W) uint8
-    open_video(source, backend="pyav") -> Video (.num_frames, .read(indices, short_side=None))
+    read_frames(source, indices, *, short_side=None, backend="pyav", device="cpu") -> (3, T, H, W) uint8
+    open_video(source, backend="pyav", *, threads=1, device="cpu") -> Video (.num_frames, .read(indices, short_side=None))
+        (backend "pyav" or "torchcodec": the same frames; device "cuda": NVDEC with torchcodec)
     DATASETS: {"ucf101", "hmdb51", "kinetics", "minikinetics", "ssv1", "list", "folder"} -> reader
     read_annotations(name, root, *, split=1, train=True) -> Annotations(items, classes)
     tsn_indices / dense_indices / sample_indices: frame indices of a clip (pure numpy)

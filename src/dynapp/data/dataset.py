@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dynapp.data.annotations import Annotation, read_annotations
-from dynapp.data.decode import BACKENDS, VideoDecodeError, open_video
+from dynapp.data.decode import VideoDecodeError, check_backend, open_video
 from dynapp.data.sampling import SAMPLERS, sample_indices
 from dynapp.data.transforms import (
     center_crop,
@@ -74,13 +74,14 @@ def _load_clip(
     backend: str,
     threads: int = 1,
     num_frames: int | None = None,
+    device: str = "cpu",
 ) -> tuple[torch.Tensor, int]:
     """Decode the sampled frames of one view: ((3, S*T, H, W) uint8, the video's frame count).
 
     Frames keep their size unless the short side exceeds twice ``scale_size``; then the decoder
     shrinks them to ``scale_size`` (cheap in swscale).  The crops do the remaining resize.
     """
-    with open_video(path, backend, threads=threads, num_frames=num_frames) as video:
+    with open_video(path, backend, threads=threads, num_frames=num_frames, device=device) as video:
         idx = sample_indices(
             sampling, video.num_frames, segments, frames,
             train=train, stride=stride, rng=rng, clip=clip, num_clips=num_clips,
@@ -103,7 +104,10 @@ class VideoDataset(Dataset):
         flip: random horizontal flip in training (turn off for Something-Something).
         train_crop: ``"multiscale"`` (TSN corner crops) or ``"random_resized"``.
         num_clips, num_crops: test views per video (temporal clips x 1 or 3 spatial crops).
-        backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed.
+        backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed (the same frames).
+        decode_device: ``"cpu"`` (default) or ``"cuda"``/``"cuda:N"``: NVDEC decoding with
+            torchcodec, frames copied back to the CPU as uint8.  CUDA cannot start in forked
+            DataLoader workers: use ``num_workers=0`` (or a ``"spawn"`` multiprocessing context).
         dtype: ``"uint8"`` (default: RGB 0-255, normalised later on the model's device) or
             ``"float32"`` (normalised with the ImageNet mean and std in the worker, 4x the bytes).
         decode_threads: FFmpeg threads per video (1: none, the fastest with one DataLoader
@@ -130,6 +134,7 @@ class VideoDataset(Dataset):
         num_clips: int = 1,
         num_crops: int = 1,
         backend: str = "pyav",
+        decode_device: str = "cpu",
         dtype: str = "uint8",
         decode_threads: int = 1,
         classes: Sequence[str] | None = None,
@@ -144,8 +149,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         if num_clips < 1 or segments < 1 or frames < 1:
             raise ValueError("segments, frames and num_clips must be >= 1")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown decoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(backend, decode_device)  # a clear error now rather than every video marked bad
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         if decode_threads < 0:
@@ -161,6 +165,7 @@ class VideoDataset(Dataset):
             scale_size = crop_size if self.num_crops == 3 else int(round(crop_size * 256 / 224))
         self.scale_size = scale_size
         self.backend, self.dtype, self.decode_threads = backend, dtype, decode_threads
+        self.decode_device = str(decode_device)
         self.classes = list(classes) if classes is not None else [
             str(i) for i in range(max(a.label for a in self.items) + 1)]
         self.max_replacements = max_replacements
@@ -206,7 +211,7 @@ class VideoDataset(Dataset):
             self.items[j].path, sampling=self.sampling, segments=self.segments, frames=self.frames,
             stride=self.stride, train=self.train, clip=clip, num_clips=self.num_clips,
             scale_size=self.scale_size, rng=rng, backend=self.backend, threads=self.decode_threads,
-            num_frames=self._num_frames.get(j),
+            num_frames=self._num_frames.get(j), device=self.decode_device,
         )
         self._num_frames[j] = n  # per process: MKV/WebM headers have no count, it is counted once
         return x
@@ -274,7 +279,8 @@ class VideoDataset(Dataset):
             reason = self._reasons.get(j)
             if reason is None:
                 try:
-                    with open_video(self.items[j].path, self.backend, threads=self.decode_threads) as v:
+                    with open_video(self.items[j].path, self.backend, threads=self.decode_threads,
+                                    device=self.decode_device) as v:
                         v.read([0, v.num_frames - 1])
                     reason = "unreadable during loading"
                 except VideoDecodeError as err:
@@ -305,7 +311,7 @@ def build_dataset(
     ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
     direction; the paper trains it without flipping).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
-    ``num_crops``, ``backend``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
+    ``num_crops``, ``backend``, ``decode_device``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
     augmentation generators (the run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
     :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
     """

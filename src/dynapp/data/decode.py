@@ -4,12 +4,14 @@ Two sources behind one function, :func:`read_frames` (or :func:`open_video` to l
 count and read with the same open handle):
 
 * a video file, decoded with PyAV (FFmpeg bundled in the ``av`` wheel: H.264, HEVC, MPEG-4
-  part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec when it is installed and
-  asked for (``backend="torchcodec"``);
+  part 2, VP9, ... in MP4, AVI, MKV, WebM, ...), or with torchcodec (``backend="torchcodec"``,
+  the ``torchcodec`` extra and the system's FFmpeg libraries; on the CPU or, with
+  ``device="cuda"``, on NVDEC), which gives the same frames (:class:`_TorchCodecVideo`);
 * a folder of JPEG/PNG frames (Something-Something V1 ships ``00001.jpg``, other tools write
   ``img_00001.jpg``), sorted in natural order (``img_2`` before ``img_10``).  JPEGs decode with
-  libjpeg-turbo through ``torchvision.io.decode_jpeg`` (PIL when they are shrunk while
-  decoding, PIL's DCT-domain draft mode, or for PNG).
+  libjpeg-turbo through torchcodec's ``decode_jpeg``, else torchvision's (deprecated since
+  torchvision 0.29; its warning is silenced), else PIL (also when they are shrunk while
+  decoding, PIL's DCT-domain draft mode, and for PNG): :func:`_jpeg_decoders`.
 
 Whatever the codec, pixel format, alpha channel or grayscale, the output is RGB:
 ``(C=3, T, H, W)`` uint8, frames in the order of the requested indices (repeats allowed).
@@ -30,7 +32,8 @@ Threads: one decoding thread per video by default (a DataLoader worker per core 
 ``"FRAME"``) is never used: this reader stops decoding at the last wanted frame, and a
 frame-threaded decoder abandoned before the end of its stream has hung DataLoader workers
 (PyAV-Org/PyAV#1849, pytorch/vision#9010; NVIDIA-TAO/tao-pytorch#109 moved to slice threads for
-that reason).  ``benchmarks/bench_data.py`` measures both per codec.
+that reason).  ``benchmarks/bench_data.py`` measures both per codec.  torchcodec gets the same
+``threads`` as its ``num_ffmpeg_threads`` (1 by default: one thread per video and loader worker).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "BACKENDS",
+    "check_backend",
+    "decode_device",
+    "TORCHCODEC_MISSING",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -173,17 +179,16 @@ class _FrameFolder(Video):
             raise VideoDecodeError(self.path, "frame images differ in size") from None
 
     def _read_jpegs(self, unique: list[int]) -> dict[int, np.ndarray] | None:
-        """libjpeg-turbo through torchvision, all frames in one call: 1.5-2x faster than PIL
-        (same pixels).  None when a file fails, or when torchvision no longer has image
-        decoding (deprecated in 0.29 for torchcodec): PIL then reads them and names a bad file."""
+        """All frames with :func:`_jpeg_decoder` (libjpeg-turbo, same pixels as PIL, about 1.5x
+        its speed).  None when there is no such decoder or a file fails: PIL then reads them and
+        names a bad file."""
+        decode = _jpeg_decoder()
+        if decode is None:
+            return None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from torchvision.io import ImageReadMode, decode_jpeg
-
-                data = [torch.from_numpy(np.fromfile(self.files[i], dtype=np.uint8)) for i in unique]
-                images = decode_jpeg(data, mode=ImageReadMode.RGB)  # [(3, H, W)]
-        except (ImportError, OSError, RuntimeError, ValueError):
+            data = [torch.from_numpy(np.fromfile(self.files[i], dtype=np.uint8)) for i in unique]
+            images = decode(data)  # [(3, H, W)]
+        except (OSError, RuntimeError, ValueError):
             return None
         return {i: img.permute(1, 2, 0).numpy() for i, img in zip(unique, images)}
 
@@ -206,6 +211,54 @@ class _FrameFolder(Video):
             except (OSError, ValueError, SyntaxError) as err:
                 raise VideoDecodeError(self.files[i], f"unreadable frame image ({err})") from None
         return cache
+
+
+def _jpeg_decoders():
+    """JPEG decoders of RGB (3, H, W) uint8 tensors from a list of encoded byte tensors, in the
+    order of preference, by name.  Both use libjpeg-turbo and give PIL's pixels.  Measured with
+    ``benchmarks/bench_data.py`` (JPEG row, 320x240 frames, one core): torchcodec 0.62-0.89 ms,
+    torchvision 0.60-0.63 ms, PIL 1.01-1.40 ms per frame.  torchcodec's comes first as the
+    fastest maintained one: torchvision 0.29 deprecated its image decoders in favour of
+    torchcodec's (up to 30% faster here, it stays as the fallback; its warning is silenced)."""
+
+    def torchcodec(data):
+        from torchcodec.decoders import decode_jpeg  # torchcodec >= 0.16
+
+        return decode_jpeg(data, mode="RGB")
+
+    def torchvision(data):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+    return {"torchcodec": torchcodec, "torchvision": torchvision}
+
+
+_JPEG_DECODE: list = []  # [the chosen decoder or None], found on the first JPEG folder
+
+
+def _jpeg_decoder():
+    """The first decoder of :func:`_jpeg_decoders` that works here (None: PIL reads the JPEGs)."""
+    if not _JPEG_DECODE:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("L", (1, 1), 128).save(buf, format="JPEG")  # a 1x1 grey JPEG: RGB out means it works
+        probe = [torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)]
+        chosen = None
+        for decode in _jpeg_decoders().values():
+            try:
+                if decode(probe)[0].shape == (3, 1, 1):
+                    chosen = decode
+                    break
+            except Exception:  # not installed, too old (no decode_jpeg), FFmpeg libraries missing
+                continue
+        _JPEG_DECODE.append(chosen)
+    return _JPEG_DECODE[0]
 
 
 def _av_error_types():
@@ -461,38 +514,175 @@ class _PyAVVideo(Video):
         return _to_clip([got[int(i)] for i in idx])
 
 
+#: The one-line advice when torchcodec cannot be imported (missing, or FFmpeg's libraries absent).
+TORCHCODEC_MISSING = (
+    "backend 'torchcodec' is not installed or cannot load FFmpeg: pip install -e '.[torchcodec]' "
+    "(it also needs FFmpeg's shared libraries, e.g. Debian's ffmpeg package)"
+)
+
+
+def _torchcodec_decoders():
+    """``torchcodec.decoders``, or ValueError with :data:`TORCHCODEC_MISSING` (one line)."""
+    try:
+        import torchcodec.decoders as decoders
+    except (ImportError, OSError, RuntimeError) as err:  # RuntimeError: its FFmpeg libraries did not load
+        raise ValueError(f"{TORCHCODEC_MISSING}; {_reason(err)[:120]}") from None
+    return decoders
+
+
+def decode_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch.device; ValueError (one line) for anything else."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"decode_device: expected cpu, cuda or cuda:N, got {device!r}")
+    return dev
+
+
+def check_backend(backend: str, device: str | torch.device = "cpu") -> None:
+    """Raise ValueError (one line) unless ``backend`` can decode here on ``device``.
+
+    Unknown names, torchcodec not installed (with the install command), a CUDA device with
+    PyAV (which decodes on the CPU only) or on a machine without CUDA.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown decoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    dev = decode_device(device)
+    if backend == "torchcodec":
+        _torchcodec_decoders()
+    if dev.type == "cuda":
+        if backend != "torchcodec":
+            raise ValueError(f"decode_device {str(device)!r} needs backend 'torchcodec' (PyAV decodes on the CPU)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"decode_device {str(device)!r}: CUDA is not available on this machine")
+
+
+def _tc_reason(err: BaseException) -> str:
+    """torchcodec's message without its C++ source location (``"SingleStreamDecoder, X.cpp:41, "``)."""
+    return re.sub(r"^.*?\.cpp:\d+,\s*", "", _reason(err))
+
+
+#: Videos of this process whose torchcodec frames could not be trusted: opened with PyAV directly.
+_PYAV_ONLY: set[str] = set()
+
+
 class _TorchCodecVideo(Video):
-    def __init__(self, path: Path):
-        try:
-            from torchcodec.decoders import VideoDecoder
-        except ImportError:
-            raise ValueError("backend 'torchcodec' is not installed; use backend='pyav'") from None
+    """A video decoded by torchcodec (FFmpeg's shared libraries; on the CPU or on NVDEC).
+
+    The same frames as the PyAV reader, or the PyAV reader itself: torchcodec maps a frame
+    index to a timestamp (``seek_mode="approximate"``: start + index / fps; the header's frame
+    count, else the packets counted with ``seek_mode="exact"``), so every read checks that the
+    decoded frames carry the timestamps of the wanted indices, counted from the timestamp of
+    frame 0 as decoded.  When they do not (MPEG-4 part 2 in AVI with B-frames: the decoded
+    timestamps start one frame after the stream's, and after a seek torchcodec returns the frame
+    before the wanted one, in both seek modes; variable frame rate), or when torchcodec fails
+    (a truncated file, a header that announces more frames than there are), this video is read
+    by the PyAV reader from then on, which gives its frames, its tolerance for headers that are
+    off by a frame or two, and its "truncated" errors.  Such a video is remembered (per process)
+    and opened with PyAV alone after.  Indices past the end read the last frame.
+
+    Frames come back on the CPU (uint8, channels-last like PyAV's): with ``device="cuda"``
+    NVDEC decodes and the short-side resize runs on the GPU, then the frames are copied back,
+    so the crops, the DataLoader's collation and pinned-memory copies work unchanged.
+    """
+
+    def __init__(self, path: Path, threads: int = 1, num_frames: int | None = None,
+                 device: str | torch.device = "cpu"):
+        decoders = _torchcodec_decoders()
         self.path = str(path)
+        self.device = decode_device(device)
+        self.threads = threads
+        self.pyav: _PyAVVideo | None = None  # set when torchcodec's frames cannot be trusted
+        self.fallback_reason: str | None = None
+        self._pts0: float | None = None  # timestamp of frame 0 as decoded (first read)
+        self.decoder = None
+        if self.path in _PYAV_ONLY:
+            self._use_pyav("torchcodec's frames were not those of PyAV before")
+            self.num_frames, self.meta = self.pyav.num_frames, None
+            return
+
+        def decoder(seek_mode: str):
+            return decoders.VideoDecoder(self.path, seek_mode=seek_mode, dimension_order="NHWC",
+                                         num_ffmpeg_threads=max(threads, 0), device=str(self.device))
+
         try:
-            self.decoder = VideoDecoder(self.path, seek_mode="approximate")
-            self.num_frames = int(self.decoder.metadata.num_frames or 0)
+            # "approximate": no scan of the whole file at opening, and the same frames as "exact"
+            # on H.264, HEVC and MPEG-4 (tests/test_data_torchcodec.py); timestamps are checked.
+            self.decoder = decoder("approximate")
+            meta = self.decoder.metadata
+            n = meta.num_frames_from_header or num_frames
+            if not n:  # no count in the header (MKV, WebM): count the packets, as the PyAV reader does
+                self.decoder = decoder("exact")
+                meta = self.decoder.metadata
+                n = meta.num_frames_from_content
         except Exception as err:  # torchcodec raises plain RuntimeError/ValueError
-            raise VideoDecodeError(path, f"not a readable video ({_reason(err)})") from None
+            raise VideoDecodeError(path, f"not a readable video ({_tc_reason(err)})") from None
+        self.meta = meta
+        self.num_frames = int(n or 0)
         if self.num_frames <= 0:
             raise VideoDecodeError(path, "no decodable video frames")
 
-    def read(self, indices, short_side=None):
-        import torch.nn.functional as F
+    @property
+    def frame_size(self):
+        if self.meta is None:
+            return self.pyav.frame_size
+        m = self.meta
+        return (m.height, m.width) if m.height and m.width else None
 
-        idx = _as_indices(indices, self.num_frames, self.path)
-        idx = np.minimum(idx, self.num_frames - 1)
+    def close(self):
+        self.decoder = None
+        if self.pyav is not None:
+            self.pyav.close()
+
+    def _use_pyav(self, reason: str) -> _PyAVVideo:
+        if self.pyav is None:
+            self.fallback_reason = reason
+            _PYAV_ONLY.add(self.path)
+            self.pyav = _PyAVVideo(Path(self.path), threads=self.threads, num_frames=getattr(self, "num_frames", None))
+        return self.pyav
+
+    def _decode(self, idx: np.ndarray):
+        """(frames (T, H, W, 3) of ``idx`` on the decoding device, None) or (None, why not).
+
+        torchcodec takes the indices in any order with repeats (it sorts them and decodes each
+        frame once); frame 0 is added on the first read, for its timestamp.
+        """
+        first = self._pts0 is None
+        ask = np.concatenate([[0], idx]) if first else idx
         try:
-            frames = self.decoder.get_frames_at(indices=idx.tolist()).data  # (T, C, H, W)
+            batch = self.decoder.get_frames_at(indices=ask.tolist())
         except Exception as err:
-            raise VideoDecodeError(self.path, f"decoding failed ({_reason(err)})") from None
-        if frames.shape[1] == 1:
-            frames = frames.expand(-1, 3, -1, -1)
-        frames = frames[:, :3]
-        h, w = _short_side_size(frames.shape[-2], frames.shape[-1], short_side)
-        if (h, w) != tuple(frames.shape[-2:]):
-            frames = F.interpolate(frames.float(), size=(h, w), mode="bilinear", antialias=True)
-            frames = frames.round().clamp(0, 255).to(torch.uint8)
-        return frames.permute(1, 0, 2, 3).contiguous()
+            return None, f"torchcodec failed: {_tc_reason(err)}"
+        fps = self.meta.average_fps
+        pts = batch.pts_seconds.double().cpu().numpy()
+        if first:
+            self._pts0 = float(pts[0])
+        if not fps or not np.array_equal(np.round((pts - self._pts0) * fps).astype(np.int64), ask):
+            return None, "torchcodec's timestamps do not match the frame indices"
+        return (batch.data[1:] if first else batch.data), None
+
+    def read(self, indices, short_side=None):
+        # past the end: the last frame (also when PyAV reads, whose truncation checks stay)
+        idx = np.minimum(_as_indices(indices, self.num_frames, self.path), self.num_frames - 1)
+        if self.pyav is None:
+            frames, why = self._decode(idx)
+            if frames is not None:
+                return self._finish(frames, short_side)
+            self._use_pyav(why)
+        return self.pyav.read(idx, short_side=short_side)
+
+    @staticmethod
+    def _finish(frames: torch.Tensor, short_side: int | None) -> torch.Tensor:
+        """(T, H, W, 3) uint8 on any device -> (3, T, H', W') on the CPU, resized on the device."""
+        h, w = _short_side_size(frames.shape[1], frames.shape[2], short_side)
+        if (h, w) != tuple(frames.shape[1:3]):
+            import torch.nn.functional as F
+
+            x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", antialias=True)
+            frames = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return frames.cpu().contiguous().permute(3, 0, 1, 2)
 
 
 def _reason(err: BaseException) -> str:
@@ -502,19 +692,27 @@ def _reason(err: BaseException) -> str:
 
 
 def open_video(
-    source: str | os.PathLike, backend: str = "pyav", *, threads: int = 1, num_frames: int | None = None
+    source: str | os.PathLike,
+    backend: str = "pyav",
+    *,
+    threads: int = 1,
+    num_frames: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> Video:
     """Open a video file or a frame folder; use as ``with open_video(p) as v: v.read(idx)``.
 
-    ``threads``: FFmpeg decoding threads (1: none, the fastest with a DataLoader worker per
-    core; 0: FFmpeg's choice).  ``num_frames``: the frame count when it is already known, used
-    only when the container header has none (MKV, WebM), to skip counting the packets again.
+    ``backend``: ``"pyav"`` or ``"torchcodec"`` (video files; frame folders read the same way
+    with both).  ``threads``: FFmpeg decoding threads (1: none, the fastest with a DataLoader
+    worker per core; 0: FFmpeg's choice).  ``num_frames``: the frame count when it is already
+    known, used only when the container header has none (MKV, WebM), to skip counting the
+    packets again.  ``device``: ``"cuda"`` (or ``"cuda:N"``) decodes on NVDEC with torchcodec;
+    frames always come back on the CPU.
 
     Raises :class:`VideoDecodeError` (naming the path) for a missing path, an empty file, a
-    file that is not a video, or a folder without frame images.
+    file that is not a video, or a folder without frame images; ValueError (one line) when the
+    backend or device cannot be used here (see :func:`check_backend`).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown decoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend, device)
     path = Path(source)
     if path.is_dir():
         return _FrameFolder(path)
@@ -526,7 +724,7 @@ def open_video(
     except OSError as err:
         raise VideoDecodeError(path, f"cannot stat ({err.strerror or err})") from None
     if backend == "torchcodec":
-        return _TorchCodecVideo(path)
+        return _TorchCodecVideo(path, threads=threads, num_frames=num_frames, device=device)
     return _PyAVVideo(path, threads=threads, num_frames=num_frames)
 
 
@@ -537,6 +735,7 @@ def read_frames(
     short_side: int | None = None,
     backend: str = "pyav",
     threads: int = 1,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """The frames ``indices`` (0-based, any order, repeats allowed) of a video or frame folder.
 
@@ -545,7 +744,7 @@ def read_frames(
     Indices past the end read the last frame for frame folders; for video files see the module
     docstring (a few frames of header slack, otherwise a "truncated" error).
     """
-    with open_video(source, backend, threads=threads) as video:
+    with open_video(source, backend, threads=threads, device=device) as video:
         return video.read(indices, short_side=short_side).contiguous()
 
 
@@ -553,11 +752,13 @@ def count_frames(source: str | os.PathLike, *, exact: bool = False, backend: str
     """Frames of a video (from its header, else by counting packets) or images in a frame folder.
 
     ``exact=True`` decodes the whole video and counts the frames that really decode (a check
-    for truncated or corrupt files); a decoding error then raises :class:`VideoDecodeError`.
+    for truncated or corrupt files; with PyAV whatever the backend, whose frames are the same);
+    a decoding error then raises :class:`VideoDecodeError`.
     """
     with open_video(source, backend) as video:
-        if not exact or not isinstance(video, _PyAVVideo):
+        if not exact or isinstance(video, _FrameFolder):
             return video.num_frames
+    with _PyAVVideo(Path(source)) as video:
         try:
             n = video._count_decoded()
         except _av_error_types() as err:

@@ -330,7 +330,7 @@ class SyntheticActions(Dataset):
 
 
 _IGNORED = ("sampling", "flip", "stride", "scale_size", "train_crop", "num_clips", "num_crops", "backend",
-            "max_replacements")
+            "decode_device", "max_replacements")
 
 
 def build_synthetic(

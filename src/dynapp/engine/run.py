@@ -24,7 +24,8 @@ from dynapp.engine.preempt import Preempted
 from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
-__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
+__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names",
+           "dataset_options"]
 
 
 def _num_classes(dataset: Any, configured: int) -> int:
@@ -46,10 +47,29 @@ def class_names(dataset: Any) -> list[str] | None:
     return None
 
 
+def dataset_options(dataset_kwargs: dict, *, backend: str = "pyav", decode_device: str = "cpu") -> dict:
+    """``data.dataset_kwargs`` plus the decoding keys ``data.backend`` and ``data.decode_device``.
+
+    Older configs set ``backend`` inside ``dataset_kwargs``: it is used while ``data.backend`` is
+    left at its default; two different values are an error.
+    """
+    kw = dict(dataset_kwargs)
+    for key, value, default in (("backend", backend, "pyav"), ("decode_device", decode_device, "cpu")):
+        old = kw.pop(key, None)
+        if old is not None and value != default and old != value:
+            raise ValueError(f"data.{key}={value} and data.dataset_kwargs.{key}={old} disagree: set data.{key} only")
+        kw[key] = old if old is not None else value
+    return kw
+
+
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
                    num_classes: int, in_channels: int, num_samples: int, views: tuple[int, int], seed: int,
-                   dataset_kwargs: dict, eval_crop_size: int = 0) -> tuple[Dataset, Dataset, int]:
-    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader)."""
+                   dataset_kwargs: dict, eval_crop_size: int = 0, backend: str = "pyav",
+                   decode_device: str = "cpu") -> tuple[Dataset, Dataset, int]:
+    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader).
+
+    ``backend`` and ``decode_device`` choose the video decoder (see :func:`dataset_options`).
+    """
     eval_crop_size = eval_crop_size or crop_size
     if dataset == "random":
         n_cls = num_classes or 4
@@ -58,7 +78,8 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
         val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1,
                               crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
-    common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
+    common = dict(split=split, segments=segments, frames=frames, sampling=sampling,
+                  **dataset_options(dataset_kwargs, backend=backend, decode_device=decode_device))
     train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
                             num_crops=views[1], **common)
@@ -106,7 +127,8 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         train_set, val_set, num_classes = build_datasets(
             dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames, sampling=d.sampling,
             crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels, num_samples=d.num_samples,
-            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size)
+            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size,
+            backend=d.backend, decode_device=d.decode_device)
         model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                             segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                             pretrained=m.pretrained, representation_kwargs=dict(m.representation_kwargs),
@@ -165,7 +187,7 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
                 dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames,
                 sampling=d.sampling, crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels,
                 num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
-                eval_crop_size=e.crop_size)
+                eval_crop_size=e.crop_size, backend=d.backend, decode_device=d.decode_device)
             model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                                 segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                                 pretrained=None, representation_kwargs=dict(m.representation_kwargs),
