@@ -233,7 +233,8 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
                 rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
                 aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
             stats += _batch_statistics(rec_loss, aux_loss, logits, label, state)
-            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation)
+            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation,
+                                   hyperplanes=getattr(out, "hyperplanes", None))
         state.batch_in_epoch += 1
         micro += 1
         if not last_micro:
