@@ -573,3 +573,12 @@ def test_l2_normalisation_is_constant_half_and_says_so():
         assert s.after_backward() == pytest.approx(0.5, abs=1e-12)
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)  # the same update
+
+
+def test_backbone_grad_is_validated_and_defaults_to_eq9():
+    from dynapp.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="joint.backbone_grad: expected weighted, full, got 'half'"):
+        load_config(None, ["joint.backbone_grad=half"])
+    assert load_config(None, []).joint.backbone_grad == "weighted"  # Eq. 9 as written, as before
+    assert load_config(None, ["joint.strategy=mgda_ub", "joint.normalize=loss+"]).joint.strategy == "mgda_ub"

@@ -27,7 +27,7 @@ optimiser step logs, beside ``alpha`` and ``enopr``:
     The share of DA's energy that comes from static content (:mod:`dynapp.leakage`).
 
 :class:`FreezeWatch` turns the log into one warning line when PWTP stops moving: alpha pinned near
-1 and ENoPR at the constant-A floor for ``window`` consecutive steps (the failure of Eq. 12 when
+1 (its mean over ``window`` steps) and ENoPR at the constant-A floor for all of them (the failure of Eq. 12 when
 ``|g1|`` becomes much smaller than ``|g2|``); the line names the option to change.
 :class:`PWTPMonitor` holds both for the training loop: ``observe`` per micro-batch, ``end_step``
 per optimiser step.
@@ -36,6 +36,7 @@ per optimiser step.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -50,9 +51,9 @@ __all__ = ["DIAGNOSTICS", "enopr_floor", "filter_direction", "FreezeWatch", "PWT
 # the log columns this module fills (with alpha and enopr, which the loop logs for every run)
 DIAGNOSTICS = ("g1_norm", "g2_norm", "g_cos", "enopr_floor", "da_forward", "da_antisym", "static_share")
 
-FROZEN_ALPHA = 0.99  # alpha at or above this is "pinned near 1"
+FROZEN_ALPHA = 0.98  # a mean alpha over the window at or above this is "pinned near 1"
 FLOOR_RTOL = 0.02  # ENoPR within 2% of the constant-A floor is "at the floor"
-FROZEN_STEPS = 20  # consecutive steps of both before the warning
+FROZEN_STEPS = 20  # the window of steps both must hold over
 
 
 def enopr_floor(x: Tensor) -> Tensor:
@@ -92,28 +93,31 @@ def filter_direction(w: Tensor, x: Tensor) -> tuple[float, float]:
 
 
 class FreezeWatch:
-    """One warning when PWTP stops moving: alpha >= ``FROZEN_ALPHA`` and ENoPR within ``FLOOR_RTOL``
-    of the constant-A floor for ``window`` consecutive steps.  ``update`` returns the warning line
-    once (the step it first holds), else None."""
+    """One warning when PWTP stops moving: over the last ``window`` steps alpha averages at least
+    ``FROZEN_ALPHA`` (per-step alphas of Eq. 12 scatter below 1 even when it is pinned) and ENoPR is
+    within ``FLOOR_RTOL`` of the constant-A floor at every step.  ``update`` returns the warning line
+    once (the first step it holds), else None."""
 
     def __init__(self, window: int = FROZEN_STEPS):
         self.window = max(1, int(window))
-        self.run = 0
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=self.window)  # (alpha, ENoPR at the floor)
         self.warned = False
 
     def update(self, alpha: float | None, enopr: float | None, floor: float | None) -> str | None:
-        values = (alpha, enopr, floor)
-        frozen = all(v is not None and math.isfinite(v) for v in values) and alpha >= FROZEN_ALPHA \
-            and floor > 0 and abs(enopr - floor) <= FLOOR_RTOL * floor
-        self.run = self.run + 1 if frozen else 0
-        if self.run < self.window or self.warned:
+        if not all(v is not None and math.isfinite(v) for v in (alpha, enopr, floor)):
+            self.recent.clear()
+            return None
+        self.recent.append((alpha, floor > 0 and abs(enopr - floor) <= FLOOR_RTOL * floor))
+        mean_alpha = sum(a for a, _ in self.recent) / len(self.recent)
+        frozen = len(self.recent) == self.window and mean_alpha >= FROZEN_ALPHA and all(f for _, f in self.recent)
+        if not frozen or self.warned:
             return None
         self.warned = True
-        return (f"warning: PWTP has stopped learning from the recognition loss: for {self.run} steps alpha >= "
-                f"{FROZEN_ALPHA} and ENoPR ({enopr:.4g}) is within {100 * FLOOR_RTOL:.0f}% of the constant-A floor "
-                f"({floor:.4g}), where each pixel's hyperplane is constant over time and DA is near zero. Change "
-                "joint.strategy, e.g. joint.strategy=mgda_ub joint.normalize=loss+, or joint.strategy=constant "
-                "joint.alpha=0.5 joint.backbone_grad=full (see docs/joint.md)")
+        return (f"warning: PWTP has stopped learning from the recognition loss: over the last {self.window} steps "
+                f"alpha averaged {mean_alpha:.3f} and ENoPR ({enopr:.4g}) stayed within {100 * FLOOR_RTOL:.0f}% of the "
+                f"constant-A floor ({floor:.4g}), where each pixel's hyperplane is constant over time and DA is near "
+                "zero. Change joint.strategy, e.g. joint.strategy=mgda_ub joint.normalize=loss+, or "
+                "joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full (see docs/joint.md)")
 
 
 class PWTPMonitor:
