@@ -787,7 +787,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         "# dynapp demo report", "",
         f"Same-scene synthetic actions ({cfg.num_classes} motion classes, {cfg.num_scenes} shared scenes, "
         f"{cfg.size}x{cfg.size} px, {cfg.segments} segments x {cfg.frames} frames, {cfg.num_train} training / "
-        f"{cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
+        f"{cfg.num_val} validation / {cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
         f"distractors, actor half-size {cfg.actor_scale[0]}-{cfg.actor_scale[1]} of the frame, shake {cfg.shake} px); "
         f"backbone {cfg.backbone} for every input; PWTP trained jointly with MGDA (pwtp_remove: PWTP(static='remove')).  Scene-biased setting: training scene from the class's group with "
         f"probability {cfg.scene_bias}; test scenes uncorrelated.  Seeds: {payload['seeds']}"
