@@ -507,7 +507,7 @@ def test_mgda_ub_on_pwtp_uses_the_mlp_output_of_the_training_forward():
     assert out.hyperplanes.shape == (4, 4, 2, 2)  # (N*S, T*D, h, w) at stride 8
     rec = torch.nn.functional.cross_entropy(out.logits, label)
     g1z, g2z = (torch.autograd.grad(loss, out.hyperplanes, retain_graph=True)[0] for loss in (out.aux_loss, rec))
-    expected = _brute_force_min_norm(*_ub_normalised(g1z, g2z, float(out.aux_loss), float(rec), "loss+"),
+    expected = _brute_force_min_norm(*_ub_normalised(g1z, g2z, float(out.aux_loss.detach()), float(rec.detach()), "loss+"),
                                      clamp=SENER_KOLTUN_CLAMP)
     ub = MGDAUB(theta1_parameters(model), normalize="loss+")
     ub.backward(rec, out.aux_loss, step=0, hyperplanes=out.hyperplanes)
