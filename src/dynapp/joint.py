@@ -31,7 +31,7 @@ MGDA-UB); ``g1 = grad_Theta1 L1``, ``g2 = grad_Theta1 L2``:
     (``backbone_grad="full"``, Algorithm 1 line 6, as MGDA does): with ``"full"`` the strategies
     differ only in how PWTP is trained.
 ``scheduler``
-    The same with alpha from the scale scheduler (Eq. 13, NOTES.md reading).
+    The same with alpha from the scale scheduler (Eq. 13, read as ``scheduler_alpha`` says).
 ``separate``
     PWTP trained on L1 alone for the first ``separate_epochs`` epochs (the backbone is not run),
     then frozen (no gradient step, BatchNorm statistics frozen) while the recogniser trains on L2.
@@ -228,7 +228,7 @@ def gradient_stats(d: Tensor | None, *, scale: float = 1.0) -> dict:
 
 
 def scheduler_alpha(m: int, total: int, *, gamma: float, lam: float) -> float:
-    """Eq. 13 (Appendix D), the scale scheduler, as NOTES.md reads the garbled formula.
+    """Eq. 13 (Appendix D), the scale scheduler; the printed formula is garbled, and this is the reading used.
 
     ``m = 1..M`` is the iteration (``total = M``), ``0 < gamma < 1``, ``0 < lam < 1``::
 

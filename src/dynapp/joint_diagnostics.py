@@ -10,7 +10,7 @@ optimiser step logs, beside ``alpha`` and ``enopr``:
 ``enopr_floor``
     ENoPR (Eq. 7-8) of a constant A on the same batch: every pixel's series projected onto its
     temporal mean, ``1/(HWC) sum_j ||x_j - mean_t x_j||^2``, averaged over the N*S segments.
-    A constant A gives DA = 0 (NOTES: the weights sum to ``1 - T mean(a)^2/(a.a)`` = 0), and
+    A constant A gives DA = 0 (DA's temporal weights ``1/T - mean(a) a_t / (a.a)`` all vanish), and
     ENoPR alone pulls A there: an ENoPR at this floor means a PWTP that outputs almost nothing.
 ``da_forward``, ``da_antisym``
     The direction of DA's temporal filter (``DA = sum_t w_t x_t``, :func:`dynapp.pwtp.temporal_weights`).
