@@ -75,20 +75,52 @@ def test_demo_study_joint_runs_every_strategy(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     rows = data["studies"]["joint"]
-    names = ["separate", "constant 0.0", "constant 0.5", "constant 0.9", "mgda", "mgda l2", "mgda loss", "mgda loss+",
-             "scheduler"]
+    names = ["separate", "constant 0.0", "constant 0.5", "constant 0.9", "constant 0.5 full", "constant 0.9 full",
+             "mgda", "mgda loss", "mgda loss+", "mgda_ub loss+", "scheduler", "scheduler full"]
     assert [(r["setting"], r["strategy"]) for r in rows] == [(s, n) for s in ("unbiased", "biased") for n in names]
     assert all(0.0 <= r["accuracy"] <= 100.0 and r["enopr"] > 0 and 0.0 <= r["static_share"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["val_accuracy"] <= 100.0 and r["seed"] == 0 for r in rows)
     unbiased = {r["strategy"]: r for r in rows if r["setting"] == "unbiased"}
     # alpha = 0 never trains PWTP on ENoPR; alpha = 0.9 mostly does: its ENoPR ends lower
     assert unbiased["constant 0.9"]["enopr"] < unbiased["constant 0.0"]["enopr"]
-    # alpha is logged: the constants are what they say, MGDA's lie in [0, 1]
+    # alpha is logged: the constants are what they say, MGDA's lie in [0, 1], MGDA-UB's in its clamp
     assert unbiased["constant 0.5"]["alpha_mean"] == pytest.approx(0.5)
+    assert unbiased["constant 0.5 full"]["alpha_mean"] == pytest.approx(0.5)
     assert unbiased["constant 0.0"]["alpha_end"] == pytest.approx(0.0)
-    for n in ("mgda", "mgda l2", "mgda loss", "mgda loss+"):
+    for n in ("mgda", "mgda loss", "mgda loss+"):
         assert 0.0 <= unbiased[n]["alpha_mean"] <= 1.0 and 0.0 <= unbiased[n]["alpha_end"] <= 1.0
+    assert 0.001 <= unbiased["mgda_ub loss+"]["alpha_mean"] <= 0.999
+    # one seed decides nothing: the rule needs five
+    assert data["joint_rule"]["complete"] is False and data["joint_rule"]["winner"] is None
+    assert "default-strategy rule (docs/joint.md): not decided" in res.output
     report = (out / "report.md").read_text()
-    assert "## Study: joint" in report and "alpha_end" in report
+    assert "## Study: joint" in report and "alpha_end" in report and "val_accuracy" in report
+
+
+def _rule_rows(scores: dict, seeds=range(5)):
+    """Joint-study rows with the validation accuracy ``scores[name][setting]`` for every seed."""
+    return [{"seed": s, "setting": setting, "strategy": name, "val_accuracy": acc + (s - 2) * 0.1}
+            for name, per in scores.items() for setting, acc in per.items() for s in seeds]
+
+
+def test_default_strategy_rule():
+    from dynapp.apps.demo import RULE_BASELINE, RULE_CANDIDATES, apply_rule
+
+    base = {c: {"unbiased": 50.0, "biased": 30.0} for c in RULE_CANDIDATES}
+    # a clear winner in both settings replaces the baseline
+    better = {**base, "constant 0.5 full": {"unbiased": 60.0, "biased": 35.0}}
+    assert apply_rule(_rule_rows(better))["winner"] == "constant 0.5 full"
+    # best on average but worse in one setting: the baseline stays
+    mixed = {**base, "mgda_ub loss+": {"unbiased": 70.0, "biased": 29.0}}
+    rule = apply_rule(_rule_rows(mixed))
+    assert rule["best"] == "mgda_ub loss+" and rule["winner"] == RULE_BASELINE
+    # within the margin: the baseline stays
+    close = {**base, "separate": {"unbiased": 50.8, "biased": 30.8}}
+    assert apply_rule(_rule_rows(close))["winner"] == RULE_BASELINE
+    # four seeds decide nothing; test accuracy is never read
+    assert apply_rule(_rule_rows(better, seeds=range(4)))["winner"] is None
+    rows = [{**r, "accuracy": 99.0} for r in _rule_rows(base)]
+    assert apply_rule(rows)["winner"] == RULE_BASELINE
 
 
 def test_demo_backbone_option_and_backbones_study(tmp_path):

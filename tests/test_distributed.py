@@ -127,6 +127,37 @@ def test_two_process_gloo_matches_one_process(tmp_path):
             assert again[level][k] == pytest.approx(result[level][k]), (level, k)
 
 
+def test_two_process_mgda_ub_and_diagnostics_match_one_process(tmp_path):
+    # MGDA-UB averages the Gram entries of the hyperplane gradients over processes, the diagnostics
+    # average theirs: 2 processes x 2 micro-batches give the alpha, weights and log of 1 x 4
+    from dynapp.joint_diagnostics import DIAGNOSTICS
+
+    extra = ["joint.strategy=mgda_ub", "joint.normalize=loss+", "eval.every_epochs=0", "checkpoint.keep_every_epoch=false"]
+    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "dynapp.cli", "train", *COMMON, *extra, "optim.accumulation_steps=2", f"log.out_dir={ddp_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_from_config(load_config(None, COMMON + extra + ["optim.accumulation_steps=4", f"log.out_dir={one_dir}"]))
+    a = load_checkpoint(ddp_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(one_dir / "checkpoints" / "last.pt")["model"]
+    for name, p in a.items():
+        if p.is_floating_point() and "running_" not in name:
+            assert torch.allclose(p, b[name], atol=1e-5, rtol=0), name
+
+    def log(path):
+        with open(path, newline="") as f:
+            return [{k: float(r[k]) for k in ("alpha", *DIAGNOSTICS)} for r in csv.DictReader(f)]
+
+    rank0, rank1, single = log(ddp_dir / "train_log.csv"), log(ddp_dir / "train_log.rank1.csv"), log(one_dir / "train_log.csv")
+    assert len(rank0) == len(single) == 3 and rank0 == rank1  # every process logs the same numbers
+    for r0, r in zip(rank0, single):
+        for k, v in r.items():
+            assert r0[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+    assert all(0.001 <= r["alpha"] <= 0.999 for r in rank0)
+
+
 # Real clips (tests/cluster_util.py: H.264 files, multi-scale crops and flips, 2 loader workers per
 # process), 2 epochs of 2 steps, global batch 4 as 2 processes x 2 micro-batches or 1 x 4.
 def _real(clips, out, *extra):

@@ -13,6 +13,8 @@ from dynapp.joint import (
     ALPHA_WHEN_EQUAL,
     MGDA,
     NORMALIZATIONS,
+    SENER_KOLTUN_CLAMP,
+    MGDAUB,
     STRATEGIES,
     Constant,
     MGDAState,
@@ -23,7 +25,9 @@ from dynapp.joint import (
     build_strategy,
     combine_theta1_grads,
     gradient_normalizer,
+    gram,
     mgda_alpha,
+    min_norm_alpha,
     normalized_mgda_alpha,
     scheduler_alpha,
     theta1_parameters,
@@ -207,7 +211,9 @@ def test_constant_strategy_is_weighted_objective():
     y = torch.randn(4, generator=torch.Generator().manual_seed(6))
     model, ref = _ToyModel(), _ToyModel()
     out, aux = model(x)
-    Constant(theta1_parameters(model), alpha=0.25).backward(((out - y) ** 2).mean(), aux, step=0)
+    constant = Constant(theta1_parameters(model), alpha=0.25)
+    constant.backward(((out - y) ** 2).mean(), aux, step=0)
+    assert constant.after_backward() == 0.25  # the step's end fixes Theta1's gradient
     out, aux = ref(x)
     (0.25 * aux + 0.75 * ((out - y) ** 2).mean()).backward()
     for a, b in zip(model.parameters(), ref.parameters()):
@@ -346,8 +352,8 @@ def test_strategies_dict_is_the_one_list_config_and_train_read(monkeypatch, tmp_
     from dynapp.config import ConfigError, load_config
     from dynapp.engine.run import run_from_config
 
-    assert list(STRATEGIES) == ["mgda", "constant", "scheduler", "separate"]
-    with pytest.raises(ConfigError, match="expected mgda, constant, scheduler, separate, got 'magic'"):
+    assert list(STRATEGIES) == ["mgda", "mgda_ub", "constant", "scheduler", "separate"]
+    with pytest.raises(ConfigError, match="expected mgda, mgda_ub, constant, scheduler, separate, got 'magic'"):
         load_config(None, ["joint.strategy=magic"])
 
     class Half(Constant):  # a new strategy: one class and one dict entry, nothing else
@@ -367,7 +373,7 @@ def test_strategies_dict_is_the_one_list_config_and_train_read(monkeypatch, tmp_
 
 
 def test_build_strategy_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown joint strategy 'magic'; choose from mgda, constant"):
+    with pytest.raises(ValueError, match="unknown joint strategy 'magic'; choose from mgda, mgda_ub, constant"):
         build_strategy("magic", [], total_steps=1)
 
 
@@ -409,3 +415,170 @@ def test_scheduler_object_follows_eq13():
     assert [sched.alpha_at(s) for s in range(50)] == [scheduler_alpha(m, 50, gamma=0.2, lam=0.3) for m in range(1, 51)]
     with pytest.raises(ValueError, match="gamma"):
         build_strategy("scheduler", [], total_steps=50, gamma=1.5)
+
+
+# ---- MGDA-UB on the hyperplanes, the full backbone gradient, the gradient statistics ----
+
+
+def _brute_force_min_norm(u: torch.Tensor, v: torch.Tensor, clamp=(0.0, 1.0)) -> float:
+    """argmin over a 1e-5 grid of ||a u + (1 - a) v||, the vectors built for every a, then clamped."""
+    grid = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    u, v = u.reshape(-1).double(), v.reshape(-1).double()
+    norms = torch.stack([(a * u + (1 - a) * v).norm() for a in grid[::100]])  # coarse pass on the real vectors
+    centre = int(norms.argmin()) * 100
+    fine = grid[max(centre - 100, 0): centre + 101]
+    norms = torch.stack([(a * u + (1 - a) * v).norm() for a in fine])
+    return min(max(float(fine[norms.argmin()]), clamp[0]), clamp[1])
+
+
+class _ToyUB(_ToyModel):
+    """The toy with its shared representation h = w * x exposed (both losses see w only through h)."""
+
+    def forward(self, x):
+        h = x * self.representation.w
+        return self.head(h).squeeze(1), ((x - h) ** 2).sum(1).mean(), h
+
+
+def _ub_normalised(g1z, g2z, l1, l2, normalize):
+    return g1z / _by_hand_normaliser(g1z, l1, normalize), g2z / _by_hand_normaliser(g2z, l2, normalize)
+
+
+@pytest.mark.parametrize("normalize", ["none", "loss", "loss+"])
+@pytest.mark.parametrize("seed", range(3))
+def test_mgda_ub_alpha_is_brute_force_min_norm_of_hyperplane_gradients(normalize, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 2, generator=gen)
+    y = 3.0 * torch.randn(6, generator=gen)
+    model = _ToyUB()
+    out, aux, h = model(x)
+    rec = ((out - y) ** 2).mean()
+    g1z, g2z = (torch.autograd.grad(loss, h, retain_graph=True)[0] for loss in (aux, rec))
+    g1, g2 = (torch.autograd.grad(loss, model.representation.w, retain_graph=True)[0] for loss in (aux, rec))
+    g_head = torch.autograd.grad(rec, model.head.weight, retain_graph=True)[0]
+    expected = _brute_force_min_norm(*_ub_normalised(g1z, g2z, float(aux.detach()), float(rec.detach()), normalize),
+                                     clamp=SENER_KOLTUN_CLAMP)
+    ub = build_strategy("mgda_ub", theta1_parameters(model), total_steps=1, normalize=normalize)
+    ub.backward(rec, aux, step=0, hyperplanes=h)
+    alpha = ub.after_backward()
+    assert alpha == pytest.approx(expected, abs=2e-5)
+    # the step: Theta1 along alpha g1 + (1 - alpha) g2 (parameter gradients), Theta2 along grad L2
+    assert torch.allclose(model.representation.w.grad, alpha * g1 + (1 - alpha) * g2, atol=1e-5)
+    assert torch.allclose(model.head.weight.grad, g_head, atol=1e-6)
+    # and it is not Eq. 12 on the parameter gradients (the case where the two differ)
+    if normalize == "none":
+        assert abs(alpha - mgda_alpha(g1, g2)) > 1e-3
+
+
+def test_mgda_ub_clamps_like_sener_and_koltun_and_sums_micro_batches():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])  # Eq. 12 gives 1 and 0 here
+    assert min_norm_alpha(*gram(g1, g2).tolist(), clamp=SENER_KOLTUN_CLAMP) == 0.999
+    assert min_norm_alpha(*gram(g2, g1).tolist(), clamp=SENER_KOLTUN_CLAMP) == 0.001
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(11))
+    y = torch.randn(8, generator=torch.Generator().manual_seed(12))
+    alphas, grads = [], []
+    for chunks in (1, 2, 4):
+        model = _ToyUB()
+        ub = MGDAUB(theta1_parameters(model), normalize="loss+")
+        for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
+            out, aux, h = model(xb)
+            ub.backward(((out - yb) ** 2).mean(), aux, step=0, divide=chunks, hyperplanes=h)
+        alphas.append(ub.after_backward())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert alphas[1] == pytest.approx(alphas[0], abs=1e-6) and alphas[2] == pytest.approx(alphas[0], abs=1e-6)
+    assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
+
+
+def test_mgda_ub_without_hyperplanes_is_a_clear_error():
+    model = _ToyUB()
+    out, aux, _ = model(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="mgda_ub needs a representation that returns its hyperplanes"):
+        MGDAUB(theta1_parameters(model)).backward(out.pow(2).mean(), aux, step=0)
+
+
+def test_mgda_ub_on_pwtp_uses_the_mlp_output_of_the_training_forward():
+    from dynapp.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(representation="pwtp", backbone="small2d", num_classes=3, segments=2, frames=4,
+                        dropout=0.0, backbone_kwargs={"widths": [8, 8, 8, 8]}).eval()  # eval: no BatchNorm batch effects
+    clip = torch.randn(2, 3, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    label = torch.tensor([0, 2])
+    out = model(clip)
+    assert out.hyperplanes.shape == (4, 4, 2, 2)  # (N*S, T*D, h, w) at stride 8
+    rec = torch.nn.functional.cross_entropy(out.logits, label)
+    g1z, g2z = (torch.autograd.grad(loss, out.hyperplanes, retain_graph=True)[0] for loss in (out.aux_loss, rec))
+    expected = _brute_force_min_norm(*_ub_normalised(g1z, g2z, float(out.aux_loss.detach()), float(rec.detach()), "loss+"),
+                                     clamp=SENER_KOLTUN_CLAMP)
+    ub = MGDAUB(theta1_parameters(model), normalize="loss+")
+    ub.backward(rec, out.aux_loss, step=0, hyperplanes=out.hyperplanes)
+    assert ub.after_backward() == pytest.approx(expected, abs=2e-5)
+
+
+@pytest.mark.parametrize("strategy", ["constant", "scheduler"])
+def test_full_backbone_gradient_gives_the_backbone_exactly_grad_l2(strategy):
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(21))
+    y = torch.randn(5, generator=torch.Generator().manual_seed(22))
+    grads = {}
+    for backbone_grad in ("full", "weighted"):
+        model = _ToyModel()
+        out, aux = model(x)
+        rec = ((out - y) ** 2).mean()
+        g1, g2 = (torch.autograd.grad(loss, model.representation.w, retain_graph=True)[0] for loss in (aux, rec))
+        g_head = torch.autograd.grad(rec, model.head.weight, retain_graph=True)[0]
+        s = build_strategy(strategy, theta1_parameters(model), total_steps=10, alpha=0.3, gamma=0.5, lam=0.3,
+                           backbone_grad=backbone_grad)
+        s.backward(rec, aux, step=6, divide=1)
+        alpha = s.after_backward()
+        assert alpha == pytest.approx(0.3 if strategy == "constant" else scheduler_alpha(7, 10, gamma=0.5, lam=0.3))
+        assert 0.0 < alpha < 1.0
+        assert torch.allclose(model.representation.w.grad, alpha * g1 + (1 - alpha) * g2, atol=1e-6)
+        factor = 1.0 if backbone_grad == "full" else 1.0 - alpha  # Algorithm 1 line 6, or Eq. 9 literally
+        assert torch.allclose(model.head.weight.grad, factor * g_head, atol=1e-7)
+        grads[backbone_grad] = model.head.weight.grad.clone()
+    assert not torch.allclose(grads["full"], grads["weighted"])
+    with pytest.raises(ValueError, match="backbone_grad"):
+        build_strategy("constant", [], total_steps=1, backbone_grad="half")
+
+
+def test_gradient_statistics_of_a_step_are_unscaled_and_exact():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(31))
+    y = torch.randn(4, generator=torch.Generator().manual_seed(32))
+    for name in ("mgda", "mgda_ub", "constant"):
+        model = _ToyUB()
+        out, aux, h = model(x)
+        rec = ((out - y) ** 2).mean()
+        g1, g2 = (torch.autograd.grad(loss, model.representation.w, retain_graph=True)[0] for loss in (aux, rec))
+        s = build_strategy(name, theta1_parameters(model), total_steps=1, alpha=0.5)
+        s.backward(rec, aux, step=0, scale=lambda t: 1024.0 * t, hyperplanes=h)  # as a GradScaler would
+        s.after_backward()
+        assert s.stats["g1_norm"] == pytest.approx(float(g1.norm()), rel=1e-5)
+        assert s.stats["g2_norm"] == pytest.approx(float(g2.norm()), rel=1e-5)
+        assert s.stats["g_cos"] == pytest.approx(float(g1 @ g2 / (g1.norm() * g2.norm())), abs=1e-6)
+    assert Plain().stats == {}
+
+
+def test_l2_normalisation_is_constant_half_and_says_so():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(41))
+    y = 5.0 * torch.randn(4, generator=torch.Generator().manual_seed(42))
+    grads = []
+    for name, options in (("mgda", {"normalize": "l2"}), ("constant", {"alpha": 0.5, "backbone_grad": "full"})):
+        model = _ToyModel()
+        if name == "mgda":
+            with pytest.warns(UserWarning, match="joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full"):
+                s = build_strategy(name, theta1_parameters(model), total_steps=1, **options)
+        else:
+            s = build_strategy(name, theta1_parameters(model), total_steps=1, **options)
+        out, aux = model(x)
+        s.backward(((out - y) ** 2).mean(), aux, step=0)
+        assert s.after_backward() == pytest.approx(0.5, abs=1e-12)
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)  # the same update
+
+
+def test_backbone_grad_is_validated_and_defaults_to_eq9():
+    from dynapp.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="joint.backbone_grad: expected weighted, full, got 'half'"):
+        load_config(None, ["joint.backbone_grad=half"])
+    assert load_config(None, []).joint.backbone_grad == "weighted"  # Eq. 9 as written, as before
+    assert load_config(None, ["joint.strategy=mgda_ub", "joint.normalize=loss+"]).joint.strategy == "mgda_ub"

@@ -157,3 +157,19 @@ def test_cache_as_lossless_video_files(tmp_path):
     assert [p.parent.name for p in paths] == ["move_left", "move_right", "move_left"]
     frames = read_frames(paths[1], list(range(4)))  # (3, T, H, W) uint8
     assert torch.equal(frames, ds.clip_uint8(1))
+
+
+def test_validation_split_is_laid_out_like_test_but_holds_other_clips():
+    from dynapp.data.synthetic import SyntheticActions
+
+    kw = dict(num_videos=16, segments=2, frames=4, num_classes=4, num_scenes=4, size=16, seed=3)
+    test = SyntheticActions(train=False, **kw)
+    val = SyntheticActions(train=False, validation=True, **kw)
+    assert val.split == "val" and test.split == "test"
+    # same layout (every scene with every class, uncorrelated), different clips
+    assert [val.label_and_scene(i) for i in range(16)] == [test.label_and_scene(i) for i in range(16)]
+    assert all(not torch.equal(val.clip_uint8(i), test.clip_uint8(i)) for i in range(16))
+    again = SyntheticActions(train=False, validation=True, **kw)
+    assert torch.equal(again.clip_uint8(5), val.clip_uint8(5))  # a pure function of (seed, split, index)
+    with pytest.raises(ValueError, match="validation=True is a held-out split"):
+        SyntheticActions(train=True, validation=True, **kw)

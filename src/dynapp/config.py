@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from dynapp.joint import NORMALIZATIONS, STRATEGIES
+from dynapp.joint import BACKBONE_GRADS, NORMALIZATIONS, STRATEGIES
 
 __all__ = [
     "ConfigError",
@@ -105,12 +105,13 @@ class OptimConfig:
 
 @dataclass
 class JointConfig:
-    strategy: str = "mgda"  # a name of dynapp.joint.STRATEGIES: mgda | constant | scheduler | separate
+    strategy: str = "mgda"  # a name of dynapp.joint.STRATEGIES: mgda | mgda_ub | constant | scheduler | separate
     alpha: float = 0.5  # constant strategy
     gamma: float = 0.2  # scheduler (Eq. 13)
     lam: float = 0.1  # scheduler (Eq. 13)
     separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
-    normalize: str = "none"  # mgda: none (Eq. 12) | l2 | loss | loss+ (Sener & Koltun's gradient normalisation)
+    normalize: str = "none"  # mgda, mgda_ub: none (Eq. 12) | loss | loss+ (Sener & Koltun's gradient normalisation) | l2 (= alpha 0.5)
+    backbone_grad: str = "weighted"  # constant, scheduler: Theta2 along (1 - alpha) grad L2 (weighted, Eq. 9) | grad L2 (full, Algorithm 1)
 
 
 @dataclass
@@ -360,6 +361,8 @@ def validate(cfg: RunConfig) -> None:
     _check(j.strategy in STRATEGIES, f"joint.strategy: expected {', '.join(STRATEGIES)}, got {j.strategy!r}")
     _check(j.normalize in NORMALIZATIONS,
            f"joint.normalize: expected {', '.join(NORMALIZATIONS)}, got {j.normalize!r}")
+    _check(j.backbone_grad in BACKBONE_GRADS,
+           f"joint.backbone_grad: expected {', '.join(BACKBONE_GRADS)}, got {j.backbone_grad!r}")
     _check(0.0 <= j.alpha <= 1.0, f"joint.alpha: must be in [0, 1], got {j.alpha}")
     _check(0.0 < j.gamma < 1.0, f"joint.gamma: must be in (0, 1), got {j.gamma}")
     _check(0.0 < j.lam < 1.0, f"joint.lam: must be in (0, 1), got {j.lam}")

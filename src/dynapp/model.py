@@ -27,10 +27,12 @@ __all__ = ["ModelOutput", "Normalize", "VideoClassifier", "build_model"]
 
 
 class ModelOutput(NamedTuple):
-    """logits: (N, num_classes); aux_loss: scalar (e.g. the ENoPR batch mean, Eq. 8) or None."""
+    """logits: (N, num_classes); aux_loss: scalar (e.g. the ENoPR batch mean, Eq. 8) or None;
+    hyperplanes: the representation's ``RepresentationOutput.hyperplanes`` (PWTP's z) or None."""
 
     logits: torch.Tensor
     aux_loss: torch.Tensor | None
+    hyperplanes: torch.Tensor | None = None
 
 
 class Normalize(nn.Module):
@@ -84,7 +86,7 @@ class VideoClassifier(nn.Module):
         rep = self.representation(clip)  # normalised by the pre-hook; frames (N, C', S_out, H, W)
         features = self.backbone(rep.frames)  # (N, S', F)
         logits = self.head(self.dropout(features))  # (N, S', K)
-        return ModelOutput(logits.mean(dim=1), rep.aux_loss)
+        return ModelOutput(logits.mean(dim=1), rep.aux_loss, rep.hyperplanes)
 
 
 def representation_for(

@@ -95,12 +95,17 @@ class PWTPOutput(NamedTuple):
     enopr:    (N,) the per-sample ENoPR, Eq. 7 (average it over the batch for Eq. 8).
     static:   (N, C, H, W) the temporal mean of the projection x^ (static appearance), or None.
     residual: (N, C, T, H, W) the full projection residual p, or None.
+    hyperplanes: (N, T*D, h, w) the MLP's output z (Eq. 4 before the upsampling, which has no
+              parameters): the last tensor that depends on PWTP's parameters, through which
+              every loss reaches them (``PWTP.forward`` fills it; MGDA-UB and the training
+              diagnostics read it).
     """
 
     dynamic: torch.Tensor
     enopr: torch.Tensor
     static: torch.Tensor | None = None
     residual: torch.Tensor | None = None
+    hyperplanes: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -690,12 +695,12 @@ class PWTP(nn.Module):
         impl = self.last_impl = choose_impl(self.impl, x, self.rank, return_residual)
         z = self._coarse(x, segments, impl.relation)  # Eq. 2-4 before the upsampling: (N*S, T*D, h, w)
         if impl.projection == "cpu_fused":
-            return self._fused_projection(x, z, segments, return_static)
+            return self._fused_projection(x, z, segments, return_static)._replace(hyperplanes=z)
         A = self._upsample(z, x.shape[-2:])  # Eq. 4: (N*S, T, D, H, W)
         x = fold_segments(x, segments)  # (N*S, C, T, H, W)
         da, enopr, static = _dynamic_appearance(x, A, eps=None, ridge=None, remove=self.static == "remove")
         residual = x.to(A.dtype) - _project(x, A, None, None) if return_residual else None  # Eq. 5
-        return PWTPOutput(da, enopr, static if return_static else None, residual)
+        return PWTPOutput(da, enopr, static if return_static else None, residual, z)
 
     def _coarse(self, x: torch.Tensor, segments: int, relation: str) -> torch.Tensor:
         """Eq. 2-4 before the upsampling: z (N*S, T*D, h, w), in float32 or float64."""
@@ -747,6 +752,10 @@ class PWTP(nn.Module):
     def hyperplanes(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         """Eq. 2-4: A = Upsample(MLP(u)), shape (N*S, T, D, H, W)."""
         return self._upsample(self.coarse_hyperplanes(x, segments), x.shape[-2:])
+
+    def upsample(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A (N*S, T, D, H, W) from the MLP's output z (N*S, T*D, h, w), e.g. ``PWTPOutput.hyperplanes``."""
+        return self._upsample(z, size)
 
     def temporal_weights(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         """DA as a per-pixel temporal filter of ``x`` (:func:`temporal_weights`), honouring ``static``.

@@ -43,11 +43,16 @@ _REPRESENTATIONS = {"pwtp_remove": ("pwtp", {"static": "remove"})}
 BACKBONES = ("small_tsm", "small2d", "small3d")
 STUDIES = ("joint", "frames", "backbones")
 SETTINGS = ("unbiased", "biased")
-# (strategy, alpha, MGDA normalisation): Table 5, Appendix D's scheduler, and MGDA with Sener and
-# Koltun's gradient normalisations (dynapp.joint.gradient_normalizer)
-STRATEGIES = (("separate", 0.0, "none"), ("constant", 0.0, "none"), ("constant", 0.5, "none"),
-              ("constant", 0.9, "none"), ("mgda", 0.0, "none"), ("mgda", 0.0, "l2"), ("mgda", 0.0, "loss"),
-              ("mgda", 0.0, "loss+"), ("scheduler", 0.0, "none"))
+# (strategy, alpha, MGDA normalisation, backbone gradient): Table 5 (Eq. 9 as written: the backbone
+# on (1 - alpha) grad L2), the same constants with the backbone on the full grad L2 (Algorithm 1's
+# line 6, so that only PWTP's training differs from MGDA's), Appendix D's scheduler, MGDA with
+# Sener and Koltun's gradient normalisations and MGDA-UB (dynapp.joint); docs/joint.md
+STRATEGIES = (("separate", 0.0, "none", "weighted"), ("constant", 0.0, "none", "weighted"),
+              ("constant", 0.5, "none", "weighted"), ("constant", 0.9, "none", "weighted"),
+              ("constant", 0.5, "none", "full"), ("constant", 0.9, "none", "full"),
+              ("mgda", 0.0, "none", "full"), ("mgda", 0.0, "loss", "full"), ("mgda", 0.0, "loss+", "full"),
+              ("mgda_ub", 0.0, "loss+", "full"), ("scheduler", 0.0, "none", "weighted"),
+              ("scheduler", 0.0, "none", "full"))
 
 
 @dataclass
@@ -60,6 +65,7 @@ class DemoConfig:
     segments: int = 4
     frames: int = 8
     num_train: int = 960
+    num_val: int = 256  # validation clips: every choice (strategy, budget) is made on these, never on the test clips
     num_test: int = 256
     epochs: int = 6
     batch_size: int = 32
@@ -81,7 +87,7 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
 
-QUICK = dict(num_train=96, num_test=48, epochs=2, size=24, widths=(16, 32, 32, 32))
+QUICK = dict(num_train=96, num_val=48, num_test=48, epochs=2, size=24, widths=(16, 32, 32, 32))
 
 
 def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = None, **overrides) -> DemoConfig:
@@ -98,7 +104,7 @@ def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = N
         if unknown or not names:
             raise ValueError(f"--inputs: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(INPUTS)}")
         cfg = replace(cfg, inputs=names)
-    for key in ("epochs", "num_train", "num_test"):
+    for key in ("epochs", "num_train", "num_val", "num_test"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
     if cfg.size < 8:
@@ -148,6 +154,14 @@ def build_demo_data(cfg: DemoConfig, seed: int):
     return train, test
 
 
+def build_demo_val(cfg: DemoConfig, seed: int):
+    """The validation clips of seed ``seed``: laid out like the test clips (uncorrelated scenes),
+    drawn from their own random stream (``SyntheticActions(validation=True)``)."""
+    from dynapp.data.synthetic import SyntheticActions
+
+    return SyntheticActions(num_videos=cfg.num_val, train=False, validation=True, **_data_kwargs(cfg, seed))
+
+
 def _read_log(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
@@ -168,6 +182,11 @@ def _predict(model, dataset, batch_size: int = 64):
             enopr.append(float(out.aux_loss) * len(items))
     n = len(dataset)
     return torch.cat(preds), torch.cat(labels), (sum(enopr) / n if enopr else None)
+
+
+def _accuracy(model, dataset) -> float:
+    pred, label, _ = _predict(model, dataset)
+    return 100.0 * float((pred == label).float().mean())
 
 
 @torch.no_grad()
@@ -203,7 +222,7 @@ def input_leakage(model, rep: str, dataset, segments: int, frames: int, count: i
 
 
 def fit(model, train_set, *, cfg: DemoConfig, out_dir: Path, seed: int, strategy: str, alpha: float,
-        normalize: str) -> None:
+        normalize: str, backbone_grad: str = "weighted") -> None:
     """Train ``model`` with the project's loop (the demo's one call of ``dynapp.engine.train.train``)."""
     from dynapp.config import CheckpointConfig, JointConfig, LogConfig, OptimConfig
     from dynapp.engine.train import train
@@ -212,15 +231,16 @@ def fit(model, train_set, *, cfg: DemoConfig, out_dir: Path, seed: int, strategy
           optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
                             warmup_epochs=min(1.0, cfg.epochs / 4), label_smoothing=0.1),
           joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
-                            normalize=normalize),
+                            normalize=normalize, backbone_grad=backbone_grad),
           log=LogConfig(out_dir=str(out_dir), csv=True, tensorboard=False, progress=False),
           checkpoint=CheckpointConfig(enabled=False))
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
                        strategy: str = "mgda", alpha: float = 0.5, normalize: str = "none",
-                       rank: int | None = None) -> dict:
-    """Train ``cfg.backbone`` on demo input ``rep`` with the project's training loop, then evaluate it."""
+                       backbone_grad: str = "weighted", rank: int | None = None, val_set=None) -> dict:
+    """Train ``cfg.backbone`` on demo input ``rep`` with the project's training loop, then evaluate it
+    on ``test_set`` (``accuracy``) and, if given, on ``val_set`` (``val_accuracy``, for choices)."""
     from dynapp.apps.flops import model_flops
     from dynapp.model import build_model
 
@@ -232,7 +252,8 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
                         backbone_kwargs=bb_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    fit(model, train_set, cfg=cfg, out_dir=out_dir, seed=seed, strategy=strategy, alpha=alpha, normalize=normalize)
+    fit(model, train_set, cfg=cfg, out_dir=out_dir, seed=seed, strategy=strategy, alpha=alpha, normalize=normalize,
+        backbone_grad=backbone_grad)
     train_s = time.perf_counter() - tic
     pred, label, enopr = _predict(model, test_set)
     k = cfg.num_classes
@@ -251,6 +272,7 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
         "normalize": normalize if da and strategy == "mgda" else None,
         "alpha_mean": statistics.fmean(alphas) if da and alphas else None,
         "alpha_end": statistics.fmean(tail) if da and alphas else None,
+        "val_accuracy": _accuracy(model, val_set) if val_set is not None else None,
     }
     result.update(input_leakage(model, rep, test_set, cfg.segments, cfg.frames))
     result["_model"] = model
@@ -503,32 +525,38 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}"
 
 
-def _strategy_name(strategy: str, alpha: float, normalize: str) -> str:
-    return strategy + (f" {alpha}" if strategy == "constant" else "") + (f" {normalize}" if normalize != "none" else "")
+def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: str = "weighted") -> str:
+    """``constant 0.5``, ``constant 0.5 full`` (the backbone on the full grad L2), ``mgda loss+``, ..."""
+    full = backbone_grad == "full" and strategy in ("constant", "scheduler")
+    return (strategy + (f" {alpha}" if strategy == "constant" else "") + (f" {normalize}" if normalize != "none" else "")
+            + (" full" if full else ""))
 
 
 def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
-    """One study on the first seed's data ``data`` = (training sets, test set); ``first``: that seed's results.
+    """One study on seed ``seed``'s data ``data`` = (training sets, validation set, test set); ``first``:
+    that seed's results.
 
     joint: PWTP with every strategy of :data:`STRATEGIES` (Table 5, the scheduler, MGDA's
-    normalisations) in every setting; frames: the T x D grid of Table 4b on the unbiased data;
-    backbones: every input in every setting with each of :data:`BACKBONES` (the demo's own
-    backbone's rows are ``first``).
+    normalisations, MGDA-UB, the constants with the full backbone gradient) in every setting, with
+    validation and test accuracy (run on every seed: :func:`apply_rule` needs them); frames: the
+    T x D grid of Table 4b on the unbiased data; backbones: every input in every setting with each
+    of :data:`BACKBONES` (the demo's own backbone's rows are ``first``).
     """
     rows = []
-    train_sets, test_set = data
+    train_sets, val_set, test_set = data
     if study == "joint":
         for setting in cfg.settings:
-            for strategy, alpha, normalize in STRATEGIES:
-                name = _strategy_name(strategy, alpha, normalize)
+            for strategy, alpha, normalize, backbone_grad in STRATEGIES:
+                name = _strategy_name(strategy, alpha, normalize, backbone_grad)
                 r = train_and_evaluate(cfg, "pwtp", train_sets[setting], test_set, seed=seed, strategy=strategy,
-                                       alpha=alpha, normalize=normalize,
-                                       out_dir=out / "study" / "joint" / setting / name.replace(" ", "_"))
-                rows.append({"setting": setting, "strategy": name, "accuracy": r["accuracy"], "enopr": r["enopr"],
-                             "static_share": r["static_share"], "alpha_mean": r["alpha_mean"],
-                             "alpha_end": r["alpha_end"]})
-                echo(f"  {setting:<8} {name:<14} acc {r['accuracy']:5.1f}%  ENoPR {r['enopr']:.4f}  "
-                     f"static share {r['static_share']:.3f}  alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
+                                       alpha=alpha, normalize=normalize, backbone_grad=backbone_grad, val_set=val_set,
+                                       out_dir=out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"))
+                rows.append({"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
+                             "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
+                             "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]})
+                echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
+                     f"ENoPR {r['enopr']:.4f}  static share {r['static_share']:.3f}  "
+                     f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
     elif study == "frames":
         total = cfg.segments * cfg.frames
         for T in (4, 8):
@@ -536,7 +564,7 @@ def _study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, data, first:
                 if D >= T or total % T:
                     continue
                 c = replace(cfg, frames=T, segments=total // T, settings=("unbiased",))
-                sets, test = build_demo_data(c, seed)
+                sets, test = build_demo_data(c, seed)  # no choice is made on this study's test accuracy
                 r = train_and_evaluate(c, "pwtp", sets["unbiased"], test, out_dir=out / "study" / f"T{T}_D{D}",
                                        seed=seed, rank=D)
                 rows.append({"T": T, "D": D, "S": total // T, "accuracy": r["accuracy"], "enopr": r["enopr"],
@@ -579,30 +607,39 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
     torch.set_num_threads(max(1, cfg.threads))
     wall = time.perf_counter()
     runs = []
+    studies: dict[str, list] = {}
     try:
         for k in range(seeds):
             s = seed + k
             train_sets, test_set = build_demo_data(cfg, s)
+            val_set = build_demo_val(cfg, s)
             tic = time.perf_counter()
-            for i in range(len(test_set)):  # generate (and cache) the test clips once
-                test_set.clip_uint8(i)
+            for held_out in (val_set, test_set):  # generate (and cache) the held-out clips once
+                for i in range(len(held_out)):
+                    held_out.clip_uint8(i)
             results = {}
             for setting in cfg.settings:
                 results[setting] = {}
                 for rep in cfg.inputs:
-                    r = train_and_evaluate(cfg, rep, train_sets[setting], test_set,
+                    r = train_and_evaluate(cfg, rep, train_sets[setting], test_set, val_set=val_set,
                                            out_dir=out / "runs" / f"seed{s}" / setting / rep, seed=s)
                     results[setting][rep] = r
-                    echo(f"seed {s} {setting:<8} {rep:<14} acc {r['accuracy']:5.1f}%  "
+                    echo(f"seed {s} {setting:<8} {rep:<14} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
                          f"train {r['train_s']:.0f} s ({r['steps']} steps)")
             runs.append({"seed": s, "results": results, "data_s": time.perf_counter() - tic})
             if k == 0:
                 figures = _figures(out, cfg, runs[0], test_set)
-                first_data = (train_sets, test_set)
-        studies = {}
+                first_data = (train_sets, val_set, test_set)
+            if "joint" in studies_asked:  # every seed: the rule of docs/joint.md averages over seeds
+                echo(f"study joint (seed {s}):")
+                studies.setdefault("joint", []).extend(
+                    _study(cfg, "joint", s, out, echo, (train_sets, val_set, test_set), results))
         for name in studies_asked:
+            if name == "joint":
+                continue
             echo(f"study {name} (seed {seed}):")
             studies[name] = _study(cfg, name, seed, out, echo, first_data, runs[0]["results"])
+        studies = {name: studies[name] for name in studies_asked}
         del first_data
     finally:
         torch.set_num_threads(old_threads)
@@ -612,6 +649,50 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
                 v.pop("_model", None)
     return _finish(out, cfg, runs, studies, figures, [{"folder": str(out), "seeds": [r["seed"] for r in runs],
                                                         "wall_s": time.perf_counter() - wall}], echo)
+
+
+# The pre-registered rule that chooses the default joint strategy (docs/joint.md): the candidates,
+# the strategy that stays the default unless another beats it, the seeds and the margin.
+RULE_CANDIDATES = ("mgda", "mgda_ub loss+", "constant 0.5 full", "constant 0.9 full", "scheduler full", "separate")
+RULE_BASELINE = "mgda"
+RULE_SEEDS = 5
+RULE_MARGIN = 1.0  # points of mean validation accuracy
+
+
+def apply_rule(rows: list[dict], settings: tuple = SETTINGS) -> dict:
+    """The rule of docs/joint.md on the joint study's rows (validation accuracy only).
+
+    ``score`` of a candidate = the mean over ``settings`` of its mean validation accuracy over
+    seeds.  The best-scoring candidate (ties: the earlier in :data:`RULE_CANDIDATES`) replaces
+    :data:`RULE_BASELINE` only if its score is at least :data:`RULE_MARGIN` points higher AND its
+    mean is not lower in any setting; otherwise the baseline stays.  ``complete`` says whether
+    every candidate has at least :data:`RULE_SEEDS` seeds in every setting (an incomplete study
+    decides nothing: ``winner`` is then None).
+    """
+    acc: dict[str, dict[str, list[float]]] = {c: {s: [] for s in settings} for c in RULE_CANDIDATES}
+    for r in rows:
+        if r["strategy"] in acc and r["setting"] in settings and r.get("val_accuracy") is not None:
+            acc[r["strategy"]][r["setting"]].append(float(r["val_accuracy"]))
+    complete = all(len(v) >= RULE_SEEDS for c in acc.values() for v in c.values())
+    means = {c: {s: (statistics.fmean(v) if v else None) for s, v in per.items()} for c, per in acc.items()}
+    scores = {c: (None if None in m.values() else statistics.fmean(m.values())) for c, m in means.items()}
+    ranked = sorted((c for c in RULE_CANDIDATES if scores[c] is not None), key=lambda c: -scores[c])
+    best = ranked[0] if ranked else None
+    base = RULE_BASELINE
+    beats = (best is not None and best != base and scores[base] is not None
+             and scores[best] >= scores[base] + RULE_MARGIN and all(means[best][s] >= means[base][s] for s in settings))
+    seeds = {c: min(len(v) for v in per.values()) for c, per in acc.items()}
+    return {"complete": complete, "winner": (best if beats else base) if complete else None, "best": best,
+            "scores": scores, "means": means, "seeds": seeds}
+
+
+def _rule_line(rule: dict) -> str:
+    scores = ", ".join(f"{c} {v:.1f}" for c, v in sorted(((c, v) for c, v in rule["scores"].items() if v is not None),
+                                                          key=lambda kv: -kv[1])) or "none yet"
+    if not rule["complete"]:
+        return (f"default-strategy rule (docs/joint.md): not decided, it needs >= {RULE_SEEDS} seeds of every candidate "
+                f"in every setting (have {min(rule['seeds'].values())}); mean validation accuracy: {scores}")
+    return f"default-strategy rule (docs/joint.md): {rule['winner']}; mean validation accuracy: {scores}"
 
 
 def _finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures: dict, parts: list[dict], echo) -> dict:
@@ -626,6 +707,9 @@ def _finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures
                "seeds": [r["seed"] for r in runs], "chance": chance, "summary": rows, "runs": runs,
                "studies": studies, "wall_s": wall_s, "parts": parts, "machine": _machine(), "torch": torch.__version__,
                "threads": cfg.threads, "figures": figures}
+    if "joint" in studies:
+        payload["joint_rule"] = apply_rule(studies["joint"], cfg.settings)
+        echo(_rule_line(payload["joint_rule"]))
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     _write_report(out, cfg, rows, payload, len(runs), figures, studies)
     return payload
@@ -703,7 +787,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         "# dynapp demo report", "",
         f"Same-scene synthetic actions ({cfg.num_classes} motion classes, {cfg.num_scenes} shared scenes, "
         f"{cfg.size}x{cfg.size} px, {cfg.segments} segments x {cfg.frames} frames, {cfg.num_train} training / "
-        f"{cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
+        f"{cfg.num_val} validation / {cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
         f"distractors, actor half-size {cfg.actor_scale[0]}-{cfg.actor_scale[1]} of the frame, shake {cfg.shake} px); "
         f"backbone {cfg.backbone} for every input; PWTP trained jointly with MGDA (pwtp_remove: PWTP(static='remove')).  Scene-biased setting: training scene from the class's group with "
         f"probability {cfg.scene_bias}; test scenes uncorrelated.  Seeds: {payload['seeds']}"
@@ -725,8 +809,10 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
               "leakage_vs_accuracy": "Scene-biased accuracy against static share"}
     for key, f in figures.items():
         lines += [f"## {titles[key]}", "", f"![{key}]({f})", ""]
-    about = {"joint": "PWTP with each joint-training strategy, every setting, first seed; alpha_mean / alpha_end: "
-                      "the mean of alpha over training / over its last tenth.",
+    about = {"joint": "PWTP with each joint-training strategy, every setting, every seed; val_accuracy on the "
+                      "validation clips (the only accuracy any choice may use), accuracy on the test clips; "
+                      "alpha_mean / alpha_end: the mean of alpha over training / over its last tenth."
+                      + (" " + _rule_line(payload["joint_rule"]) + "." if "joint_rule" in payload else ""),
              "frames": "PWTP on the unbiased data, first seed.",
              "backbones": "Every input with each backbone, every setting, first seed; static_*: static share."}
     for name, rows_ in studies.items():

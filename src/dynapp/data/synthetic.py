@@ -19,8 +19,11 @@ This dataset isolates that situation so it can be studied on a CPU:
   training clip takes its scene from its class's group (scenes ``s`` with ``s % num_classes ==
   label``), otherwise from the whole pool.  The test split always pairs every scene with every
   class equally often (``scene = (i // num_classes) % num_scenes``), so there the scene is at chance.
+  The validation split (``train=False, validation=True``) is laid out like the test split and
+  drawn from its own random stream: other clips of the same distribution, for every choice
+  (strategy, budget) so that the test split is used for none.
 
-Item ``i`` is a pure function of ``(seed, split, i)`` (numpy's ``default_rng([seed, split, i])``),
+Item ``i`` is a pure function of ``(seed, split, i)`` (split: train, test or val) (numpy's ``default_rng([seed, split, i])``),
 generated on the fly as uint8 ``(3, S*T, H, W)`` and passed through the same normalisation (and,
 when the generated size differs from ``crop_size``, the same centre crop) as decoded videos, so an
 item matches the :class:`dynapp.data.VideoDataset` contract ``(clip (3, S*T, H, W) float
@@ -49,7 +52,7 @@ __all__ = ["MOTIONS", "SHAPES", "SyntheticClip", "SyntheticActions", "build_synt
 
 MOTIONS = ("move_left", "move_right", "move_up", "move_down", "grow", "shrink", "circle_cw", "circle_ccw")
 SHAPES = ("square", "disk", "diamond")
-_SPLITS = {"train": 1, "test": 2}
+_SPLITS = {"train": 1, "test": 2, "val": 3}
 _SCENE_STREAM = 7  # the rng stream of the scene pool (shared by both splits)
 
 
@@ -124,7 +127,8 @@ class SyntheticActions(Dataset):
     """Generated same-scene action clips (module docstring); item ``i`` -> (clip, label, i).
 
     Args:
-        num_videos: clips in this split.  train: the training split (scene bias applies) or the test one.
+        num_videos: clips in this split.  train: the training split (scene bias applies) or a held-out one.
+        validation: with ``train=False``, the validation split instead of the test split.
         segments, frames: S and T (the clip has S*T consecutive frames).
         num_classes: the first ``num_classes`` names of :data:`MOTIONS` (2..8).
         num_scenes: size of the scene pool shared by all classes.
@@ -161,6 +165,7 @@ class SyntheticActions(Dataset):
         moving_distractors: int = 0,
         seed: int = 0,
         cache: bool = False,
+        validation: bool = False,
     ):
         if not 2 <= num_classes <= len(MOTIONS):
             raise ValueError(f"num_classes must be in 2..{len(MOTIONS)}, got {num_classes}")
@@ -174,9 +179,12 @@ class SyntheticActions(Dataset):
             raise ValueError("shake, flicker, noise, distractors and moving_distractors must be >= 0")
         if not 0.0 < actor_scale[0] <= actor_scale[1] <= 0.2:
             raise ValueError(f"actor_scale must be a range (lo, hi) with 0 < lo <= hi <= 0.2, got {actor_scale}")
+        if train and validation:
+            raise ValueError("validation=True is a held-out split: use it with train=False")
         if scene_bias > 0 and num_scenes < num_classes:
             raise ValueError(f"scene_bias needs at least one scene per class: num_scenes {num_scenes} < num_classes {num_classes}")
         self.num_videos, self.train = num_videos, train
+        self.split = "train" if train else "val" if validation else "test"
         self.segments, self.frames = segments, frames
         self.num_scenes, self.size = num_scenes, size
         self.crop_size = crop_size or size
@@ -227,7 +235,7 @@ class SyntheticActions(Dataset):
         if not 0 <= index < self.num_videos:
             raise IndexError(f"item {index} out of range for {self.num_videos} items")
         label, scene = self.label_and_scene(index)
-        split = _SPLITS["train" if self.train else "test"]
+        split = _SPLITS[self.split]
         rng = np.random.default_rng([self.seed, split, index, 2])
         n, s, m = self.segments * self.frames, self.size, self._margin
         unit = s / 32.0

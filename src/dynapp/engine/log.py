@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from dynapp.joint_diagnostics import DIAGNOSTICS
+
 __all__ = ["TrainLogger", "format_duration"]
 
 
@@ -41,7 +43,8 @@ def _applies(value: Any) -> bool:
 
 
 class TrainLogger:
-    FIELDS = ["step", "epoch", "lr", "loss", "rec_loss", "enopr", "alpha", "acc", "grad_norm", "samples_per_s", "data_wait"]
+    FIELDS = ["step", "epoch", "lr", "loss", "rec_loss", "enopr", "alpha", "acc", "grad_norm", "samples_per_s", "data_wait",
+              *DIAGNOSTICS]  # the last: PWTP's training diagnostics (dynapp.joint_diagnostics), empty without PWTP
 
     def __init__(self, out_dir: Path, *, rank: int, csv_log: bool, tensorboard: bool, start_step: int = 0,
                  progress: bool = False, every_steps: int = 20, total_steps: int = 0, steps_per_epoch: int = 0,

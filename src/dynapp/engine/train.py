@@ -72,6 +72,7 @@ from dynapp.engine.evaluate import evaluate, write_json
 from dynapp.engine.log import TrainLogger
 from dynapp.engine.preempt import StopSignals, ignore_stop_signals
 from dynapp.joint import Plain, build_strategy, theta1_parameters
+from dynapp.joint_diagnostics import PWTPMonitor
 
 __all__ = [
     "NonFiniteLossError",
@@ -117,6 +118,7 @@ class Loop:
     clip_grad_norm: float = 0.0  # 0: no clipping
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
+    monitor: PWTPMonitor | None = None  # PWTP's training diagnostics (dynapp.joint_diagnostics), None without PWTP
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +235,10 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
                 rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
                 aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
             stats += _batch_statistics(rec_loss, aux_loss, logits, label, state)
-            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation)
+            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation,
+                                   hyperplanes=getattr(out, "hyperplanes", None))
+            if loop.monitor is not None:
+                loop.monitor.observe(clip, out)
         state.batch_in_epoch += 1
         micro += 1
         if not last_micro:
@@ -260,6 +265,11 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger
         row = _log_row(stats, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=time.perf_counter() - tic,
                        data_seconds=waited, main_loss="rec_loss" if phase.run_backbone else "enopr",
                        has_aux=aux_loss is not None)
+        if loop.monitor is not None:  # alpha, |g1|, |g2|, ENoPR's floor, DA's direction; a warning if PWTP froze
+            diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats)
+            row.update(diagnostics)
+            if warning and logger is not None:
+                logger.print(warning)
         if logger is not None:
             logger.log(row)
         stats.zero_()
@@ -381,7 +391,8 @@ def train(
         optimizer=optimizer, scaler=scaler, strategy=strategy,
         lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
         accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm,
-        device=device, amp_dtype=amp_dtype)
+        device=device, amp_dtype=amp_dtype,
+        monitor=PWTPMonitor.for_model(model, all_reduce_mean=all_reduce_mean if is_distributed() else None))
 
     def save(epoch_file: bool = False) -> None:  # collective
         path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,

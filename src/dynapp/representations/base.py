@@ -18,10 +18,13 @@ class RepresentationOutput(NamedTuple):
     frames:   (N, C_out, S_out, H, W) the input of the backbone.
     aux_loss: a scalar auxiliary loss (ENoPR averaged over all segments for ``pwtp``, Eq. 8),
               or None.
+    hyperplanes: ``pwtp``: the hyperplanes z (N*S, T*D, h, w) its MLP outputs (the last tensor
+              that depends on its parameters; ``dynapp.PWTPOutput.hyperplanes``), else None.
     """
 
     frames: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    hyperplanes: torch.Tensor | None = None
 
 
 class Representation(nn.Module):

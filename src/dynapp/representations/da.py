@@ -21,7 +21,8 @@ class DynamicAppearance(Representation):
     S are both > 1 (C sits between N and S).  A 2-D backbone's
     ``frames.transpose(1, 2).reshape(N*S, C, H, W)`` is again a view.
     Output: DA frames (N, C, S, H, W) (a permuted view) and
-    ``aux_loss`` = ENoPR averaged over all N*S segments (Eq. 8).  ``kwargs`` go to
+    ``aux_loss`` = ENoPR averaged over all N*S segments (Eq. 8) and ``hyperplanes`` = the MLP's
+    output z (N*S, T*D, h, w).  ``kwargs`` go to
     :class:`dynapp.PWTP` (rank, kernel_size, stride, channels, static, impl, ...); the module is
     ``.pwtp``.
     """
@@ -35,4 +36,4 @@ class DynamicAppearance(Representation):
 
     def forward(self, clip: torch.Tensor) -> RepresentationOutput:
         out = self.pwtp(clip, segments=self.segments)  # checks the clip's shape; (N*S, C, H, W)
-        return RepresentationOutput(unfold_segments(out.dynamic, self.segments), out.enopr.mean())
+        return RepresentationOutput(unfold_segments(out.dynamic, self.segments), out.enopr.mean(), out.hyperplanes)
