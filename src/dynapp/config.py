@@ -54,6 +54,8 @@ class DataConfig:
     dataset: str = "random"  # a name of dynapp.data.DATASETS, "synthetic" (generated same-scene actions) or "random" (noise clips)
     root: str = ""  # dataset root folder
     split: int = 1  # official split (UCF101/HMDB51: 1..3)
+    val_fraction: float = 0.2  # folder/list datasets without a validation part: share of each class held out for validation (0: none)
+    val_seed: int = 0  # seed of that hold-out (the same files for every run seed)
     segments: int = 4  # S
     frames: int = 8  # T frames per segment
     sampling: str = "tsn"  # "tsn" (sparse, SS V1/UCF/HMDB) or "dense" (Kinetics)
@@ -221,6 +223,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is None:  # "key=" on the command line
+            raise ConfigError(f"{key}: empty; expected a string")
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if tp is dict or origin is dict:
         if isinstance(value, dict):
@@ -324,6 +328,7 @@ def validate(cfg: RunConfig) -> None:
     _check(d.num_classes >= 0, f"data.num_classes: must be >= 0, got {d.num_classes}")
     _check(d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
     _check(d.split in (1, 2, 3), f"data.split: expected 1, 2 or 3, got {d.split}")
+    _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _check(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size: must be >= 1, got {o.batch_size}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dynapp.data.annotations import Annotation, read_annotations
+from dynapp.data.annotations import Annotation, has_validation, read_annotations
 from dynapp.data.decode import BACKENDS, VideoDecodeError, open_video
 from dynapp.data.sampling import SAMPLERS, sample_indices
 from dynapp.data.transforms import (
@@ -298,6 +298,8 @@ def build_dataset(
     crop_size: int = 224,
     flip: bool | None = None,
     seed: int = 0,
+    val_fraction: float = 0.0,
+    val_seed: int = 0,
     **kwargs,
 ) -> VideoDataset:
     """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
@@ -308,18 +310,32 @@ def build_dataset(
     ``num_crops``, ``backend``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
     augmentation generators (the run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
     :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
+
+    ``val_fraction > 0`` and a dataset without a validation part of its own
+    (:func:`dynapp.data.annotations.has_validation`): ``train=True`` gives the training videos
+    less a stratified hold-out of that share, ``train=False`` the hold-out
+    (:func:`dynapp.data.holdout.holdout_split` with ``val_seed``); ``.held_out`` is then True.
     """
     if name == "synthetic":
         from dynapp.data.synthetic import build_synthetic
 
         return build_synthetic(root, split=split, train=train, segments=segments, frames=frames,
                                crop_size=crop_size, **kwargs)
-    ann = read_annotations(name, root, split=split, train=train)
+    held_out = val_fraction > 0 and not has_validation(name, root, split=split)
+    ann = read_annotations(name, root, split=split, train=train or held_out)
+    if held_out:
+        from dynapp.data.holdout import holdout_split
+
+        parts = holdout_split(ann.items, val_fraction, seed=val_seed)
+        ann = ann._replace(items=parts[0] if train else parts[1])
+        if not ann.items:
+            raise ValueError(f"{root}: too few videos to hold out a validation part (data.val_fraction="
+                             f"{val_fraction} needs 2 or more videos in a class)")
     if flip is None:
         flip = name != "ssv1"
     ds = VideoDataset(
         ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
         crop_size=crop_size, flip=flip, classes=ann.classes, seed=seed, **kwargs,
     )
-    ds.name = name
+    ds.name, ds.held_out = name, held_out
     return ds

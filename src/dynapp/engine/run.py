@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 
 from dynapp.config import apply_overrides, config_from_dict, config_to_dict
 from dynapp.data import build_dataset
+from dynapp.data.annotations import has_validation
+from dynapp.data.holdout import write_split
 from dynapp.data.noise import RandomClips
 from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
@@ -24,7 +26,8 @@ from dynapp.engine.preempt import Preempted
 from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
-__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "init_model_from", "class_names"]
+__all__ = ["run_from_config", "eval_from_checkpoint", "build_datasets", "describe_split", "init_model_from",
+           "class_names"]
 
 
 def _num_classes(dataset: Any, configured: int) -> int:
@@ -48,8 +51,14 @@ def class_names(dataset: Any) -> list[str] | None:
 
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
                    num_classes: int, in_channels: int, num_samples: int, views: tuple[int, int], seed: int,
-                   dataset_kwargs: dict, eval_crop_size: int = 0) -> tuple[Dataset, Dataset, int]:
-    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader)."""
+                   dataset_kwargs: dict, eval_crop_size: int = 0, val_fraction: float = 0.0,
+                   val_seed: int = 0) -> tuple[Dataset, Dataset | None, int]:
+    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader).
+
+    A reader's dataset without a validation part of its own holds out ``val_fraction`` of each
+    class (``dynapp.data.holdout``); with ``val_fraction=0`` it has no validation set (None),
+    never its training videos.
+    """
     eval_crop_size = eval_crop_size or crop_size
     if dataset == "random":
         n_cls = num_classes or 4
@@ -58,11 +67,38 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
         val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1,
                               crop_size=eval_crop_size, **common)
         return train_set, val_set, n_cls
+    if dataset != "synthetic":
+        if not str(root).strip():
+            raise ValueError(f"data.root: empty; set it to the folder of your {dataset} dataset, e.g. "
+                             "data.root=/data/my_videos")
+        if not Path(root).exists():
+            raise FileNotFoundError(f"data.root: {root} does not exist")
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
+    if dataset != "synthetic":
+        common.update(val_fraction=val_fraction, val_seed=val_seed)
     train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
-    val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
-                            num_crops=views[1], **common)
+    val_set = None
+    if dataset == "synthetic" or val_fraction > 0 or has_validation(dataset, root, split=split):
+        val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
+                                num_crops=views[1], **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
+
+
+def describe_split(train_set: Dataset, val_set: Dataset | None, *, root: str, val_fraction: float, val_seed: int,
+                   out_dir: str | Path) -> str | None:
+    """The one line about where the validation videos come from, when they are not the dataset's
+    own: a hold-out (its files written to ``out_dir/split``, a ``list`` dataset) or none at all."""
+    if val_set is None:
+        return (f"validation: none ({root} has no validation part and data.val_fraction=0): "
+                "no accuracy is measured; set data.val_fraction=0.2 to hold out a fifth of each class")
+    if not getattr(train_set, "held_out", False):
+        return None
+    folder = Path(out_dir) / "split"
+    if get_rank() == 0:
+        write_split(folder, train_set.items, val_set.items, train_set.classes)
+    return (f"validation: {root} has no validation part, so {len(val_set.items)} of its "
+            f"{len(train_set.items) + len(val_set.items)} videos ({val_fraction:g} of each class, seed {val_seed}) "
+            f"are held out and never trained on; lists in {folder}")
 
 
 def init_model_from(model: nn.Module, path: str | Path) -> list[str]:
@@ -106,7 +142,12 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         train_set, val_set, num_classes = build_datasets(
             dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames, sampling=d.sampling,
             crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels, num_samples=d.num_samples,
-            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size)
+            views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size,
+            val_fraction=d.val_fraction, val_seed=d.val_seed)
+        line = describe_split(train_set, val_set, root=d.root, val_fraction=d.val_fraction, val_seed=d.val_seed,
+                              out_dir=cfg.log.out_dir)
+        if line and info.rank == 0:
+            print(line, flush=True)
         model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                             segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                             pretrained=m.pretrained, representation_kwargs=dict(m.representation_kwargs),
@@ -165,7 +206,10 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
                 dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames,
                 sampling=d.sampling, crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels,
                 num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
-                eval_crop_size=e.crop_size)
+                eval_crop_size=e.crop_size, val_fraction=d.val_fraction, val_seed=d.val_seed)
+            if val_set is None:
+                raise ValueError(f"{path}: its run has no validation set ({d.root} has no validation part and "
+                                 "data.val_fraction=0); give one with data.root=... or data.val_fraction=0.2")
             model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                                 segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                                 pretrained=None, representation_kwargs=dict(m.representation_kwargs),
