@@ -1,5 +1,9 @@
 """Evaluation: top-1, top-5 and mean class accuracy, clip level and video level, across processes.
 
+Top-5 is reported only with more than 5 classes (with 5 or fewer it is always 100).  The video
+level also carries the accuracy of each class (``per_class``, by class name) and the result the
+confusion matrix of the videos (``confusion``: row = true class, column = predicted class).
+
 Clip level: every view (temporal clip x spatial crop) is scored on its own.  Video level: the
 softmax scores of all views of a video are averaged, then scored (the multi-view protocol of
 Feichtenhofer et al. that the paper follows, Appendix A).  The two are reported apart.
@@ -26,6 +30,8 @@ __all__ = [
     "IndexedDataset",
     "topk_accuracy",
     "mean_class_accuracy",
+    "per_class_accuracy",
+    "confusion_matrix",
     "classification_metrics",
     "average_views",
     "collect_scores",
@@ -66,14 +72,34 @@ def mean_class_accuracy(scores: Tensor, labels: Tensor) -> float:
     return float(torch.stack([correct[labels == c].mean() for c in classes]).mean())
 
 
+def confusion_matrix(scores: Tensor, labels: Tensor) -> Tensor:
+    """(K, K) int64 counts: row = true class, column = predicted (argmax) class."""
+    k = scores.shape[1]
+    counts = torch.zeros(k * k, dtype=torch.int64)
+    if scores.shape[0]:
+        counts.index_add_(0, labels.long() * k + scores.argmax(1), torch.ones_like(labels, dtype=torch.int64))
+    return counts.view(k, k)
+
+
+def per_class_accuracy(scores: Tensor, labels: Tensor, classes: Sequence[str] | None = None) -> dict[str, float | None]:
+    """Top-1 accuracy (percent) of each class by name (``classes``, default its index), None for a
+    class with no video."""
+    matrix = confusion_matrix(scores, labels)
+    names = list(classes) if classes is not None and len(classes) == matrix.shape[0] else [
+        str(i) for i in range(matrix.shape[0])]
+    totals = matrix.sum(1)
+    return {name: (100.0 * float(matrix[i, i]) / float(totals[i]) if totals[i] else None)
+            for i, name in enumerate(names)}
+
+
 def classification_metrics(scores: Tensor, labels: Tensor) -> dict[str, float]:
-    """``{"top1", "top5", "mean_class", "count"}`` (accuracies in percent)."""
-    return {
-        "top1": 100.0 * topk_accuracy(scores, labels, 1),
-        "top5": 100.0 * topk_accuracy(scores, labels, 5),
-        "mean_class": 100.0 * mean_class_accuracy(scores, labels),
-        "count": int(scores.shape[0]),
-    }
+    """``{"top1", "top5", "mean_class", "count"}`` (accuracies in percent); no ``top5`` with 5
+    classes or fewer (it would always be 100)."""
+    out = {"top1": 100.0 * topk_accuracy(scores, labels, 1)}
+    if scores.shape[1] > 5:
+        out["top5"] = 100.0 * topk_accuracy(scores, labels, 5)
+    out.update(mean_class=100.0 * mean_class_accuracy(scores, labels), count=int(scores.shape[0]))
+    return out
 
 
 def average_views(item_ids: Tensor, video_ids: Tensor, labels: Tensor, probs: Tensor):
@@ -144,7 +170,10 @@ def evaluate(
         raise ValueError("the evaluation dataset is empty")
     item_ids, video_ids, labels, probs = (torch.cat([p[i] for p in parts]) for i in range(4))
     clip_p, clip_l, video_p, video_l, _ = average_views(item_ids, video_ids, labels, probs)
-    return {"clip": classification_metrics(clip_p, clip_l), "video": classification_metrics(video_p, video_l)}
+    classes = getattr(dataset, "classes", None)
+    video = {**classification_metrics(video_p, video_l), "per_class": per_class_accuracy(video_p, video_l, classes)}
+    return {"clip": classification_metrics(clip_p, clip_l), "video": video,
+            "confusion": confusion_matrix(video_p, video_l).tolist()}
 
 
 def mean_over_splits(results: Sequence[dict]) -> dict:
@@ -153,7 +182,8 @@ def mean_over_splits(results: Sequence[dict]) -> dict:
         raise ValueError("no split results to average")
     out: dict = {}
     for level in ("clip", "video"):
-        out[level] = {k: sum(r[level][k] for r in results) / len(results) for k in ("top1", "top5", "mean_class")}
+        keys = [k for k in ("top1", "top5", "mean_class") if all(k in r[level] for r in results)]
+        out[level] = {k: sum(r[level][k] for r in results) / len(results) for k in keys}
         out[level]["count"] = sum(r[level]["count"] for r in results)
     out["splits"] = len(results)
     return out

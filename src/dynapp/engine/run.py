@@ -23,6 +23,7 @@ from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
 from dynapp.engine.preempt import Preempted
+from dynapp.engine.summary import closing_summary, plot_confusion
 from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
@@ -163,6 +164,8 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             max_steps=cfg.max_steps, resume=resume, faults=cfg.debug,
             meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
+        if info.rank == 0:
+            print(closing_summary(cfg.log.out_dir, result, classes=classes), flush=True)
         return result
     except Preempted:
         finished = True  # every process stopped after the same step: leave the group together
@@ -170,6 +173,9 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
+
+
+_SPLIT_DATASETS = ("ucf101", "hmdb51")  # the datasets whose official splits data.split chooses
 
 
 def _parse_views(views: str | None) -> list[str]:
@@ -188,7 +194,8 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
     ``views`` "CLIPSxCROPS" overrides ``eval.clips``/``eval.crops``.  Several checkpoints (e.g.
     the models of UCF101/HMDB51 splits 1, 2 and 3, each trained on its own split) give every
     result and their mean (``"mean"``), the protocol of Table 3.  Writes JSON to ``out``
-    (default: ``eval_<checkpoint name>.json`` beside the first checkpoint) on process 0.
+    (default: ``eval_<checkpoint name>.json`` beside the first checkpoint) on process 0, and the
+    video-level confusion matrix of each checkpoint as a PNG beside it (``confusion_png``).
     """
     paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     if not paths:
@@ -219,12 +226,17 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
             result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
                               amp=cfg.optim.amp and cfg.optim.amp_dtype == "float16" and info.device.type == "cuda")
             result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
-                          dataset=d.dataset, split=d.split)
+                          dataset=d.dataset, **({"split": d.split} if d.dataset in _SPLIT_DATASETS else {}))
+            if info.rank == 0:
+                classes = ck.get("classes") or class_names(val_set) or [str(i) for i in range(num_classes)]
+                png = Path(out).with_suffix("") if out and len(paths) == 1 else path.with_name(f"eval_{path.stem}")
+                result["confusion_png"] = str(plot_confusion(result["confusion"], classes,
+                                                             png.with_name(png.name + ".confusion.png")))
             results.append(result)
         if len(results) == 1:
             final = results[0]
         else:
-            splits = [r["split"] for r in results]
+            splits = [r.get("split") for r in results]
             if len(set(splits)) != len(splits):
                 warnings.warn(f"checkpoints share splits {splits}: the mean is not the 3-split protocol", stacklevel=2)
             final = {"mean": mean_over_splits(results), "runs": results}
