@@ -105,8 +105,12 @@ def train(
 ) -> None:
     """Train a model (one process, or many under torchrun) and evaluate it; see configs/.
 
-    On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with code 75.
+    On Ctrl-C, SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint, prints the
+    command that resumes it and exits with code 75; a second Ctrl-C stops at once (code 130).
     """
+    import os
+    import shlex
+
     from dynapp.engine.checkpoint import CheckpointError
     from dynapp.config import load_config
     from dynapp.engine.preempt import EXIT_PREEMPTED, Preempted
@@ -116,7 +120,15 @@ def train(
     try:
         run_from_config(load_config(config, overrides or []), resume=resume)
     except Preempted:  # the run printed its one line (rank 0) and wrote a checkpoint
+        if os.environ.get("WORLD_SIZE", "1") == "1":
+            command = ["dynapp", "train", *(["--config", config] if config else []), *(overrides or []), "--resume"]
+            typer.echo(f"resume with: {shlex.join(command)}")
         raise typer.Exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo("stopped at once (Ctrl-C); the last checkpoint written, if any, resumes the run "
+                       "with --resume", err=True)
+        raise typer.Exit(130)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
