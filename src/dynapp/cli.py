@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import typer
 
 from dynapp.names import BACKBONES, REPRESENTATIONS
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_default_show_warning = warnings.showwarning
 
 app = typer.Typer(
     help="dynapp: Dynamic Appearance (PWTP) for video action recognition.",
@@ -14,9 +21,19 @@ app = typer.Typer(
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dynapp's own warnings as one line, ``warning: ...``, without the place in the code that
+    raised them (a skipped video would otherwise show a line of torch's DataLoader)."""
+    if category.__module__.startswith("dynapp") or str(filename).startswith(_PACKAGE):
+        print(f"warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
 @app.callback()
 def _main() -> None:
     """Dynamic Appearance: the Pixel-Wise Temporal Projection and joint training with MGDA."""
+    warnings.showwarning = _show_warning  # DataLoader workers forked later inherit it
 
 
 @app.command()
@@ -61,13 +78,14 @@ def check_data(
     frames: int = typer.Option(8, help="T, frames per segment"),
     quick: bool = typer.Option(False, help="decode only the first and last frame of each video"),
     workers: int = typer.Option(0, help="decoding processes"),
+    list_short: bool = typer.Option(False, "--list-short", help="also list every video shorter than S*T frames"),
 ) -> None:
-    """Scan a dataset: report every unreadable or too-short video; exit 1 if any is unreadable."""
+    """Scan a dataset: list every unreadable video, count the too-short ones; exit 1 if any is unreadable."""
     from dynapp.data.check import run_check_data
 
     try:
         status = run_check_data(dataset, root, split=split, subset=subset, segments=segments,
-                                frames=frames, quick=quick, workers=workers, echo=typer.echo)
+                                frames=frames, quick=quick, workers=workers, list_short=list_short, echo=typer.echo)
     except (ValueError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

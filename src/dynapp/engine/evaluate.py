@@ -34,6 +34,7 @@ __all__ = [
     "confusion_matrix",
     "classification_metrics",
     "average_views",
+    "drop_replacements",
     "collect_scores",
     "evaluate",
     "mean_over_splits",
@@ -169,11 +170,27 @@ def evaluate(
     if not parts:
         raise ValueError("the evaluation dataset is empty")
     item_ids, video_ids, labels, probs = (torch.cat([p[i] for p in parts]) for i in range(4))
+    item_ids, video_ids, labels, probs = drop_replacements(dataset, item_ids, video_ids, labels, probs)
     clip_p, clip_l, video_p, video_l, _ = average_views(item_ids, video_ids, labels, probs)
     classes = getattr(dataset, "classes", None)
     video = {**classification_metrics(video_p, video_l), "per_class": per_class_accuracy(video_p, video_l, classes)}
-    return {"clip": classification_metrics(clip_p, clip_l), "video": video,
-            "confusion": confusion_matrix(video_p, video_l).tolist()}
+    result = {"clip": classification_metrics(clip_p, clip_l), "video": video,
+              "confusion": confusion_matrix(video_p, video_l).tolist()}
+    if hasattr(dataset, "bad_items"):  # every process's skipped videos (each found its own)
+        skipped = {str(b.path): b.reason for part in all_gather_objects(dataset.bad_items()) for b in part}
+        result["skipped_videos"] = [{"path": p, "reason": r} for p, r in sorted(skipped.items())]
+    return result
+
+
+def drop_replacements(dataset: Dataset, item_ids: Tensor, video_ids: Tensor, labels: Tensor, probs: Tensor):
+    """Leave out the items a dataset answered with another video's view (it does so for an
+    unreadable video, ``dynapp.data.dataset``): that view is already scored as its own video's,
+    and counting it again would make more clips than the readable videos have."""
+    if not hasattr(dataset, "video_index"):
+        return item_ids, video_ids, labels, probs
+    own = torch.tensor([dataset.video_index(int(i)) for i in item_ids], dtype=video_ids.dtype)
+    keep = own == video_ids
+    return item_ids[keep], video_ids[keep], labels[keep], probs[keep]
 
 
 def mean_over_splits(results: Sequence[dict]) -> dict:

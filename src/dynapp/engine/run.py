@@ -165,7 +165,8 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
         if info.rank == 0:
-            print(closing_summary(cfg.log.out_dir, result, classes=classes), flush=True)
+            bad = [b for ds in (train_set, val_set) if hasattr(ds, "bad_items") for b in ds.bad_items()]
+            print(closing_summary(cfg.log.out_dir, result, classes=classes, bad_videos=bad), flush=True)
         return result
     except Preempted:
         finished = True  # every process stopped after the same step: leave the group together

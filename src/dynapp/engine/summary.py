@@ -125,7 +125,8 @@ def _files(out: Path) -> list[tuple[str, str]]:
 def closing_summary(out_dir: str | os.PathLike, result: dict, *, classes: Sequence[str] | None = None,
                     bad_videos: Sequence | None = None) -> str:
     """Write ``confusion.png`` and ``curves.png`` into ``out_dir`` and return the closing block:
-    best and last validation accuracy, per-class accuracy, skipped videos, the run's files."""
+    best and last validation accuracy, per-class accuracy, skipped videos (``bad_videos``:
+    items with ``path`` and ``reason``, the first 10 shown), the run's files."""
     out = Path(out_dir)
     lines = [f"run finished: {out}"]
     evals = read_eval_log(out / "eval_log.csv")
@@ -151,7 +152,8 @@ def closing_summary(out_dir: str | os.PathLike, result: dict, *, classes: Sequen
     plot_curves(out / "train_log.csv", out / "eval_log.csv", out / "curves.png")
     bad = list(bad_videos or [])
     if bad:
-        lines.append(f"  skipped videos: {len(bad)} (unreadable; listed above and in eval.json)")
+        lines.append(f"  skipped videos: {len(bad)} unreadable (run dynapp check-data to list every one)")
+        lines += [f"    {b.path}: {b.reason}" for b in bad[:10]] + (["    ..."] if len(bad) > 10 else [])
     lines.append("  files:")
     width = max(len(p) for p, _ in _files(out)) if _files(out) else 0
     lines += [f"    {p:<{width}}  {what}" for p, what in _files(out)]
