@@ -115,6 +115,25 @@ def extract(
     typer.echo(f"wrote {len(paths)} images to {out}")
 
 
+@app.command("config")
+def config_command(
+    config: str = typer.Option(None, "--config", help="YAML run config to resolve (defaults if omitted)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. data.root=/data/videos"),
+) -> None:
+    """Every configuration key of dynapp train with its value and its meaning, as YAML.
+
+    Without arguments: the defaults.  With --config and overrides: the resolved configuration
+    (what dynapp train would run, and saves as config.yaml in its output folder).
+    """
+    from dynapp.config import ConfigError, format_config, load_config
+
+    try:
+        typer.echo(format_config(load_config(config, overrides or [])))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(
     config: str = typer.Option(None, "--config", help="YAML run config (configs/*.yaml); defaults if omitted"),
@@ -123,8 +142,11 @@ def train(
 ) -> None:
     """Train a model (one process, or many under torchrun) and evaluate it; see configs/.
 
-    On Ctrl-C, SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint, prints the
-    command that resumes it and exits with code 75; a second Ctrl-C stops at once (code 130).
+    Every configuration key, its default and its meaning: dynapp config
+
+    Your videos, one folder per class: dynapp train data.dataset=folder data.root=PATH log.out_dir=runs/NAME
+
+    Ctrl-C, SIGTERM or SIGUSR1: the run finishes its step, writes a checkpoint, prints how to resume, exits 75.
     """
     import os
     import shlex

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dynapp.config import apply_overrides, config_from_dict, config_to_dict
+from dynapp.config import apply_overrides, config_from_dict, config_to_dict, format_config
 from dynapp.data import build_dataset
 from dynapp.data.annotations import has_validation
 from dynapp.data.holdout import write_split
@@ -23,7 +23,7 @@ from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
 from dynapp.engine.preempt import Preempted
-from dynapp.engine.summary import closing_summary, plot_confusion
+from dynapp.engine.summary import closing_summary, opening_summary, plot_confusion
 from dynapp.engine.train import prepare_model, train
 from dynapp.model import build_model
 
@@ -53,12 +53,14 @@ def class_names(dataset: Any) -> list[str] | None:
 def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames: int, sampling: str, crop_size: int,
                    num_classes: int, in_channels: int, num_samples: int, views: tuple[int, int], seed: int,
                    dataset_kwargs: dict, eval_crop_size: int = 0, val_fraction: float = 0.0,
-                   val_seed: int = 0) -> tuple[Dataset, Dataset | None, int]:
+                   val_seed: int = 0, flip: bool | None = None,
+                   flip_pairs: list | None = None) -> tuple[Dataset, Dataset | None, int]:
     """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader).
 
     A reader's dataset without a validation part of its own holds out ``val_fraction`` of each
     class (``dynapp.data.holdout``); with ``val_fraction=0`` it has no validation set (None),
-    never its training videos.
+    never its training videos.  ``flip`` (None: the reader's default) and ``flip_pairs`` (class
+    names a flip swaps) set the training flip; they win over the same keys of ``dataset_kwargs``.
     """
     eval_crop_size = eval_crop_size or crop_size
     if dataset == "random":
@@ -77,6 +79,10 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling, **dataset_kwargs)
     if dataset != "synthetic":
         common.update(val_fraction=val_fraction, val_seed=val_seed)
+        if flip is not None:
+            common["flip"] = flip
+        if flip_pairs:
+            common["flip_pairs"] = flip_pairs
     train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = None
     if dataset == "synthetic" or val_fraction > 0 or has_validation(dataset, root, split=split):
@@ -86,7 +92,7 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
 
 
 def describe_split(train_set: Dataset, val_set: Dataset | None, *, root: str, val_fraction: float, val_seed: int,
-                   out_dir: str | Path) -> str | None:
+                   out_dir: str | Path, write: bool = True) -> str | None:
     """The one line about where the validation videos come from, when they are not the dataset's
     own: a hold-out (its files written to ``out_dir/split``, a ``list`` dataset) or none at all."""
     if val_set is None:
@@ -95,7 +101,7 @@ def describe_split(train_set: Dataset, val_set: Dataset | None, *, root: str, va
     if not getattr(train_set, "held_out", False):
         return None
     folder = Path(out_dir) / "split"
-    if get_rank() == 0:
+    if write and get_rank() == 0:
         write_split(folder, train_set.items, val_set.items, train_set.classes)
     return (f"validation: {root} has no validation part, so {len(val_set.items)} of its "
             f"{len(train_set.items) + len(val_set.items)} videos ({val_fraction:g} of each class, seed {val_seed}) "
@@ -144,11 +150,19 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
             dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames, sampling=d.sampling,
             crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels, num_samples=d.num_samples,
             views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs, eval_crop_size=e.crop_size,
-            val_fraction=d.val_fraction, val_seed=d.val_seed)
+            val_fraction=d.val_fraction, val_seed=d.val_seed, flip=d.flip, flip_pairs=d.flip_pairs)
+        out_dir = Path(cfg.log.out_dir)
+        writes = resume or not (out_dir / "checkpoints" / "last.pt").exists()  # else train() refuses the folder
         line = describe_split(train_set, val_set, root=d.root, val_fraction=d.val_fraction, val_seed=d.val_seed,
-                              out_dir=cfg.log.out_dir)
-        if line and info.rank == 0:
-            print(line, flush=True)
+                              out_dir=out_dir, write=writes)
+        if info.rank == 0:
+            if writes:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / "config.yaml").write_text(format_config(cfg) + "\n")
+            print(opening_summary(cfg, train_set, val_set, num_classes, device=info.device,
+                                  config_file=out_dir / "config.yaml"), flush=True)
+            if line:
+                print(line, flush=True)
         model = build_model(representation=m.representation, backbone=m.backbone, num_classes=num_classes,
                             segments=d.segments, frames=d.frames, in_channels=m.in_channels, dropout=m.dropout,
                             pretrained=m.pretrained, representation_kwargs=dict(m.representation_kwargs),
@@ -214,7 +228,8 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
                 dataset=d.dataset, root=d.root, split=d.split, segments=d.segments, frames=d.frames,
                 sampling=d.sampling, crop_size=d.crop_size, num_classes=d.num_classes, in_channels=m.in_channels,
                 num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
-                eval_crop_size=e.crop_size, val_fraction=d.val_fraction, val_seed=d.val_seed)
+                eval_crop_size=e.crop_size, val_fraction=d.val_fraction, val_seed=d.val_seed, flip=d.flip,
+                flip_pairs=d.flip_pairs)
             if val_set is None:
                 raise ValueError(f"{path}: its run has no validation set ({d.root} has no validation part and "
                                  "data.val_fraction=0); give one with data.root=... or data.val_fraction=0.2")

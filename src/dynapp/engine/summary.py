@@ -1,4 +1,9 @@
-"""The end of a run: a confusion-matrix PNG, a curves PNG and one block of text naming everything.
+"""The start and the end of a run: what it trains on and how; a confusion-matrix PNG, a curves PNG
+and one block of text naming everything.
+
+:func:`opening_summary` is the short block ``dynapp train`` prints first: the dataset (classes,
+training and validation videos, listed files that are missing), the model and the recipe, and
+where the full resolved configuration is saved.
 
 :func:`plot_confusion` draws a confusion matrix (rows: true class) with its counts;
 :func:`plot_curves` draws the training curves of ``train_log.csv`` (loss, accuracy with the
@@ -17,7 +22,45 @@ from typing import Sequence
 
 from dynapp.engine.eval_log import read_eval_log
 
-__all__ = ["plot_confusion", "plot_curves", "closing_summary", "format_per_class"]
+__all__ = ["opening_summary", "plot_confusion", "plot_curves", "closing_summary", "format_per_class"]
+
+
+def _names(classes: Sequence[str], shown: int = 8) -> str:
+    return ", ".join(list(classes)[:shown]) + (f", ... ({len(classes) - shown} more)" if len(classes) > shown else "")
+
+
+def _videos(dataset) -> tuple[int, int]:
+    """(videos, listed files missing on disk) of a dataset with ``items``; (len, 0) otherwise."""
+    items = getattr(dataset, "items", None)
+    if items is None:
+        return len(dataset), 0
+    return len(items), sum(1 for a in items if not Path(a.path).exists())
+
+
+def opening_summary(cfg, train_set, val_set, num_classes: int, *, device, config_file: str | os.PathLike) -> str:
+    """The first lines of a run: dataset, model and recipe, and where the resolved config is."""
+    d, m, o = cfg.data, cfg.model, cfg.optim
+    classes = getattr(train_set, "classes", None)
+    n_train, missing_train = _videos(train_set)
+    where = f" {d.root}" if d.root else ""
+    data = f"data: {d.dataset}{where}: {num_classes} classes" + (f" ({_names(classes)})" if classes else "")
+    data += f", {n_train} training videos"
+    missing = missing_train
+    if val_set is not None:
+        n_val, missing_val = _videos(val_set)
+        missing += missing_val
+        data += f", {n_val} validation videos" + (" (held out)" if getattr(train_set, "held_out", False) else "")
+    else:
+        data += ", no validation videos"
+    if missing:
+        data += f"; {missing} listed files missing (skipped)"
+    flip = getattr(train_set, "flip", None)
+    model = (f"model: {m.representation} + {m.backbone}, {d.segments} segments x {d.frames} frames, crop {d.crop_size}"
+             + (f", flip {'on' if flip else 'off'}" if flip is not None else "")
+             + (f" (pairs swapped: {len(d.flip_pairs)})" if flip and d.flip_pairs else ""))
+    recipe = (f"recipe: {o.epochs} epochs, batch {o.batch_size}, lr {o.lr:g}, joint {cfg.joint.strategy}, "
+              f"seed {cfg.seed}, device {device}")
+    return "\n".join([data, model, recipe, f"config: {config_file} (every key and its meaning: dynapp config)"])
 
 
 def _pyplot():
