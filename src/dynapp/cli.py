@@ -46,26 +46,42 @@ def version() -> None:
 
 @app.command()
 def flops(
-    representation: str = typer.Option("rgb", help=", ".join(REPRESENTATIONS)),
-    backbone: str = typer.Option("tsm_resnet50", help=", ".join(BACKBONES)),
-    num_classes: int = typer.Option(174, help="classifier outputs"),
-    segments: int = typer.Option(8, help="S, segments per clip"),
-    frames: int = typer.Option(1, help="T, frames per segment"),
-    crop: int = typer.Option(224, help="spatial size of the view"),
+    representation: str = typer.Option(None, help=", ".join(REPRESENTATIONS) + " (default: rgb)"),
+    backbone: str = typer.Option(None, help=", ".join(BACKBONES) + " (default: tsm_resnet50)"),
+    num_classes: int = typer.Option(None, help="classifier outputs (default: 174)"),
+    segments: int = typer.Option(None, help="S, segments per clip (default: 8)"),
+    frames: int = typer.Option(None, help="T, frames per segment (default: 1 for rgb, 8 for the others)"),
+    crop: int = typer.Option(None, help="spatial size of the view (default: 224)"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="count the model of a dynapp train checkpoint"),
+    config: str = typer.Option(None, "--config", help="count the model of a YAML run config (configs/*.yaml)"),
     paper: bool = typer.Option(False, "--paper", help="print the paper's models beside the published numbers"),
 ) -> None:
-    """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart."""
-    from dynapp.apps.flops import format_table, model_flops, paper_rows
+    """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart.
+
+    The model of a checkpoint (--checkpoint) or run config (--config), or the one the options
+    describe; options given also change the model of a checkpoint or config.
+    """
+    from dynapp.apps.flops import flops_settings, format_table, model_flops, paper_rows
+    from dynapp.config import ConfigError
+    from dynapp.engine.checkpoint import CheckpointError
 
     if paper:
         typer.echo(format_table(paper_rows()))
         return
-    config = dict(representation=representation, backbone=backbone, num_classes=num_classes, segments=segments, frames=frames, crop=crop)
     try:
-        report = model_flops(**config)
+        settings = flops_settings(checkpoint=checkpoint, config=config, representation=representation,
+                                  backbone=backbone, num_classes=num_classes, segments=segments, frames=frames,
+                                  crop=crop)
+    except (ConfigError, CheckpointError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    typer.echo(format_table([{**config, "report": report}]))
+    try:
+        report = model_flops(**settings)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(format_table([{**settings, "report": report}]))
 
 
 @app.command("check-data")
