@@ -81,7 +81,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     fig, ax = plt.subplots(figsize=(size + 1.0, size))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), list(classes), rotation=90 if k > 4 else 0)
+    tilt = k * max((len(c) for c in classes), default=0) > 24  # labels that would overlap
+    ax.set_xticks(range(k), list(classes), rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(k), list(classes))
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
