@@ -28,7 +28,7 @@ Choices where the paper is silent (documented here):
   each sample's augmentation only on (seed, epoch, index) (``dataset.set_epoch``), data loaders
   get their own generators (they never draw from the global RNG), and every process's RNG
   states are saved and restored.
-* Preemption (``dynapp.engine.preempt``): after SIGTERM or SIGUSR1 every process stops after the
+* Preemption (``dynapp.engine.preempt``): after SIGTERM, SIGUSR1 or Ctrl-C every process stops after the
   same step, a checkpoint is written and ``Preempted`` is raised (``dynapp train`` exits 75).
 """
 
@@ -409,7 +409,7 @@ def train(
                          checkpoint_dir=checkpoints.folder if checkpoint.enabled else None)
     evals = EvalLog(out_dir, rank=rank, start_step=state.step, last=checkpoints.last if checkpoint.enabled else None)
     result: dict = {}
-    stop = StopSignals().install()  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise Preempted
+    stop = StopSignals().install()  # SIGTERM/SIGUSR1/Ctrl-C: finish the step, checkpoint, raise Preempted
     try:
         finished = True
         while state.epoch < optim.epochs:
