@@ -14,6 +14,8 @@ from dynapp.cli import app
 from dynapp.data.annotations import Annotation, has_validation
 from dynapp.data.encode import write_video
 from dynapp.data.holdout import holdout_split
+from dynapp.engine.checkpoint import load_checkpoint, save_checkpoint
+from dynapp.engine.run import eval_from_checkpoint
 
 TINY = ["data.segments=2", "data.frames=4", "data.crop_size=32", "model.backbone=small2d",
         "model.backbone_kwargs.widths=[8,8,8,8]", "optim.batch_size=2", "optim.epochs=1", "log.tensorboard=false",
@@ -85,6 +87,12 @@ def test_folder_without_val_holds_out_and_eval_uses_the_same_videos(tmp_path):
                               str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e.json").read_text())["video"]["count"] == 2
+    # a checkpoint of a run from before the hold-out (no data.val_fraction in its config) trained on every video
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    del ck["config"]["data"]["val_fraction"]
+    old = save_checkpoint(ck, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="trained on every video"):
+        eval_from_checkpoint(old, out=tmp_path / "old.json")
     # the written lists are a `list` dataset with its own validation part: nothing held out again
     res = runner.invoke(app, ["train", "data.dataset=list", f"data.root={out / 'split'}", "data.num_workers=0",
                               f"log.out_dir={tmp_path / 'again'}", *TINY])

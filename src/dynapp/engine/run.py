@@ -230,6 +230,9 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
                 num_samples=d.num_samples, views=(e.clips, e.crops), seed=cfg.seed, dataset_kwargs=d.dataset_kwargs,
                 eval_crop_size=e.crop_size, val_fraction=d.val_fraction, val_seed=d.val_seed, flip=d.flip,
                 flip_pairs=d.flip_pairs)
+            if getattr(val_set, "held_out", False) and "val_fraction" not in (ck["config"].get("data") or {}):
+                warnings.warn(f"{path} was trained before validation videos were held out: it was trained on every "
+                              f"video of {d.root}, so its accuracy on them is not a validation accuracy", stacklevel=2)
             if val_set is None:
                 raise ValueError(f"{path}: its run has no validation set ({d.root} has no validation part and "
                                  "data.val_fraction=0); give one with data.root=... or data.val_fraction=0.2")
