@@ -54,6 +54,11 @@ def test_cli_check_data_exit_status(tmp_path):
     res = runner.invoke(app, ["check-data", "--dataset", "ucf101", "--root", str(ok_root), "--segments", "4",
                               "--frames", "4"])
     assert res.exit_code == 0, res.output
+    assert "SHORT" not in res.output and "BAD" not in res.output  # counted, not listed, by default
+    assert "1 shorter than S*T=16" in res.output and "--list-short" in res.output
+    res = runner.invoke(app, ["check-data", "--dataset", "ucf101", "--root", str(ok_root), "--segments", "4",
+                              "--frames", "4", "--list-short"])
+    assert res.exit_code == 0, res.output
     assert "SHORT" in res.output and "v_Run_g02_c01.avi" in res.output and "BAD" not in res.output
     bad_root = tmp_path / "bad"
     _ucf(bad_root, bad=True)

@@ -123,7 +123,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     # and it equals a 1-process evaluation of the same weights
     again = eval_from_checkpoint(ddp_dir / "checkpoints" / "last.pt", out=tmp_path / "again.json")
     for level in ("clip", "video"):
-        for k in ("top1", "top5", "mean_class", "count"):
+        for k in ("top1", "mean_class", "count"):
             assert again[level][k] == pytest.approx(result[level][k]), (level, k)
 
 
@@ -190,7 +190,7 @@ def test_two_gloo_processes_match_one_on_real_clips_with_augmentation(clips, ddp
     two_eval, one_eval = (json.loads((d / "eval.json").read_text()) for d in (ddp_real, one))
     assert two_eval["video"]["count"] == 3 and two_eval["clip"]["count"] == 6
     for level in ("clip", "video"):
-        for k in ("top1", "top5", "mean_class", "count"):
+        for k in ("top1", "mean_class", "count"):
             assert two_eval[level][k] == pytest.approx(one_eval[level][k]), (level, k)
 
 

@@ -83,3 +83,35 @@ def test_cli_flops():
     assert all(name in helped.output for name in REPRESENTATIONS), helped.output  # from the dict
     bad = runner.invoke(app, ["flops", "--backbone", "resnet9000"])
     assert bad.exit_code != 0 and "unknown backbone" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("representation", list(REPRESENTATIONS))
+def test_cli_defaults_are_valid_for_every_representation(representation):
+    res = CliRunner().invoke(app, ["flops", "--representation", representation, "--backbone", "small2d",
+                                   "--crop", "32"])
+    assert res.exit_code == 0, res.output
+    frames = 1 if representation == "rgb" else 8
+    assert f"| small2d | {representation} | 8 x {frames} | 32 | 174 |" in res.output
+
+
+def test_cli_flops_of_a_checkpoint_and_of_a_config(clips, tmp_path):
+    from cluster_util import train_args
+    from dynapp.apps.inference import load
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", *train_args(clips, out, "data.num_workers=0", "optim.epochs=1",
+                                                        "eval.crop_size=40")])
+    assert res.exit_code == 0, res.output
+    ck = out / "checkpoints" / "last.pt"
+    res = CliRunner().invoke(app, ["flops", "--checkpoint", str(ck)])
+    assert res.exit_code == 0, res.output
+    row = res.output.strip().splitlines()[-1]
+    assert row.startswith("| small2d | pwtp | 2 x 4 | 40 | 2 |")  # the test view, the run's 2 classes
+    assert row.split("|")[-2].strip() == f"{count_params(load(ck).model) / 1e3:.2f}K"  # the checkpoint's model
+    res = CliRunner().invoke(app, ["flops", "--config", str(out / "config.yaml"), "--crop", "64"])
+    assert res.exit_code == 0, res.output
+    assert "| small2d | pwtp | 2 x 4 | 64 | 174 |" in res.output  # a config without data.num_classes: 174
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk" * 10)
+    res = CliRunner().invoke(app, ["flops", "--checkpoint", str(junk)])
+    assert res.exit_code == 1 and res.output.startswith(f"error: cannot read checkpoint {junk}") and "Traceback" not in res.output

@@ -201,6 +201,7 @@ def test_sliding_window_rows_follow_the_video(trained, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(video), "--checkpoint", str(trained), "--window", "2",
                                       "--stride", "1", "--out", str(out), "--topk", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.output  # 2 s = 20 frames, more than one clip (S x T = 4)
     rows = (out / "long.windows.csv").read_text().strip().splitlines()
     assert rows[0] == "window,start_s,end_s,top1,prob1,top2,prob2"
     assert len(rows) - 1 == 19  # windows [0, 2), [1, 3), ..., [18, 20)
@@ -213,6 +214,16 @@ def test_sliding_window_rows_follow_the_video(trained, tmp_path):
                 assert w["top"][0]["class"] == name_of(rec, colour), w
     png = out / "long.timeline.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_a_window_shorter_than_a_clip_warns(trained, tmp_path):
+    video = long_video(tmp_path / "short.mp4", [("red", 2)])  # 2 s at 10 fps
+    result = CliRunner().invoke(app, ["predict", str(video), "--checkpoint", str(trained), "--window", "0.3",
+                                      "--stride", "0.5", "--out", str(tmp_path / "win"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "--window 0.3 s is 3 frames at 10 fps, fewer than the 4 frames of one clip" in warned[0]
+    assert "--window 0.40 or more" in warned[0]
 
 
 class _CountingVideo:

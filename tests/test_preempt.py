@@ -18,6 +18,7 @@ from cluster_util import (
     read_csv,
     train_args,
     wait_for_rows,
+    wait_for_text,
 )
 from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.engine.preempt import EXIT_PREEMPTED, StopSignals
@@ -36,8 +37,9 @@ def test_stop_signals_are_recorded_then_restored():
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
-@pytest.mark.parametrize("sig,group", [(signal.SIGTERM, True), (signal.SIGUSR1, False)],
-                         ids=["SIGTERM-to-the-process-group", "SIGUSR1-to-the-main-process"])
+@pytest.mark.parametrize("sig,group", [(signal.SIGTERM, True), (signal.SIGUSR1, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM-to-the-process-group", "SIGUSR1-to-the-main-process",
+                              "Ctrl-C-to-the-process-group"])
 def test_signal_checkpoints_exits_75_and_resume_auto_continues(clips, reference, tmp_path, sig, group):
     # SIGTERM to the whole process group, as SLURM and `kill -TERM -PGID` do: the two DataLoader
     # workers get it too and must not die before the main process has written its checkpoint.
@@ -56,6 +58,11 @@ def test_signal_checkpoints_exits_75_and_resume_auto_continues(clips, reference,
     rows = read_csv(run / "train_log.csv")
     assert 5 <= ck["step"] < 12 and int(rows[-1]["step"]) == ck["step"]  # the step it was in, finished and saved
     assert f"stopped after step {ck['step']} of 12" in lines[0]
+    resume = [line for line in out.splitlines() if line.startswith("resume with: ")]
+    assert len(resume) == 1 and resume[0].startswith("resume with: dynapp train data.dataset=folder ")
+    assert resume[0].endswith(" --resume") and f"log.out_dir={run}" in resume[0]
+    if sig == signal.SIGINT:
+        assert "Ctrl-C: the run stops after this step" in err
     if not group:
         return  # resuming is the same as after SIGTERM (and as after kill -9: tests/test_resume.py)
 
@@ -64,3 +71,18 @@ def test_signal_checkpoints_exits_75_and_resume_auto_continues(clips, reference,
     assert f"at step {ck['step']}" in done.stdout
     assert_bitwise_equal(final_model(reference), final_model(run))
     assert_same_rows(read_csv(reference / "train_log.csv"), read_csv(run / "train_log.csv"))
+
+
+def test_a_second_ctrl_c_stops_at_once(clips, tmp_path):
+    run = tmp_path / "run"
+    args = train_args(clips, run, "data.num_workers=2")
+    proc = subprocess.Popen(cli(*args, "debug.sleep_per_step=5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, start_new_session=True)
+    wait_for_rows(proc, run / "train_log.csv", 1)  # asleep after step 1, for 5 s
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_for_text(proc, "Ctrl-C: the run stops after this step")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "stopped at once (Ctrl-C)" in err
+    assert len(read_csv(run / "train_log.csv")) == 1  # the step it was asleep after: no further step

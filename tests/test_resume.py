@@ -112,7 +112,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(clips, reference
     assert done.returncode == 0, done.stderr[-3000:]
     assert_bitwise_equal(final_model(reference), final_model(run))
     assert_same_rows(read_csv(reference / "train_log.csv"), read_csv(run / "train_log.csv"))
-    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt"]  # the next save removed the leftover
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]  # the next save removed the leftover
 
 
 def test_resume_auto_starts_without_a_checkpoint_and_continues_with_one(clips, tmp_path):

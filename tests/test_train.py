@@ -211,7 +211,7 @@ def test_train_and_eval_cli_on_generated_video_files(tmp_path):
 
     rng = np.random.default_rng(0)
     root = tmp_path / "videos"
-    for i in range(4):  # root/<class>/<video>.mp4, the "folder" layout
+    for i in range(6):  # root/<class>/<video>.mp4, the "folder" layout (1 of 3 per class held out)
         folder = root / f"class{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         texture = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
@@ -229,7 +229,7 @@ def test_train_and_eval_cli_on_generated_video_files(tmp_path):
                               "--out", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["video"]["count"] == 4 and result["clip"]["count"] == 4 * 2 * 3
+    assert result["video"]["count"] == 2 and result["clip"]["count"] == 2 * 2 * 3
     assert result["views"] == "2x3" and 0.0 <= result["video"]["top1"] <= 100.0
     bad = runner.invoke(app, ["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--views", "2by3"])
     assert bad.exit_code == 1 and "CLIPSxCROPS" in bad.output

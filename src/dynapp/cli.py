@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import typer
 
 from dynapp.names import BACKBONES, REPRESENTATIONS
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_default_show_warning = warnings.showwarning
 
 app = typer.Typer(
     help="dynapp: Dynamic Appearance (PWTP) for video action recognition.",
@@ -14,9 +21,19 @@ app = typer.Typer(
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dynapp's own warnings as one line, ``warning: ...``, without the place in the code that
+    raised them (a skipped video would otherwise show a line of torch's DataLoader)."""
+    if category.__module__.startswith("dynapp") or str(filename).startswith(_PACKAGE):
+        print(f"warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
 @app.callback()
 def _main() -> None:
     """Dynamic Appearance: the Pixel-Wise Temporal Projection and joint training with MGDA."""
+    warnings.showwarning = _show_warning  # DataLoader workers forked later inherit it
 
 
 @app.command()
@@ -29,26 +46,42 @@ def version() -> None:
 
 @app.command()
 def flops(
-    representation: str = typer.Option("rgb", help=", ".join(REPRESENTATIONS)),
-    backbone: str = typer.Option("tsm_resnet50", help=", ".join(BACKBONES)),
-    num_classes: int = typer.Option(174, help="classifier outputs"),
-    segments: int = typer.Option(8, help="S, segments per clip"),
-    frames: int = typer.Option(1, help="T, frames per segment"),
-    crop: int = typer.Option(224, help="spatial size of the view"),
+    representation: str = typer.Option(None, help=", ".join(REPRESENTATIONS) + " (default: rgb)"),
+    backbone: str = typer.Option(None, help=", ".join(BACKBONES) + " (default: tsm_resnet50)"),
+    num_classes: int = typer.Option(None, help="classifier outputs (default: 174)"),
+    segments: int = typer.Option(None, help="S, segments per clip (default: 8)"),
+    frames: int = typer.Option(None, help="T, frames per segment (default: 1 for rgb, 8 for the others)"),
+    crop: int = typer.Option(None, help="spatial size of the view (default: 224)"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="count the model of a dynapp train checkpoint"),
+    config: str = typer.Option(None, "--config", help="count the model of a YAML run config (configs/*.yaml)"),
     paper: bool = typer.Option(False, "--paper", help="print the paper's models beside the published numbers"),
 ) -> None:
-    """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart."""
-    from dynapp.apps.flops import format_table, model_flops, paper_rows
+    """GFLOPs (multiply-adds) and parameters per view, the representation and the backbone apart.
+
+    The model of a checkpoint (--checkpoint) or run config (--config), or the one the options
+    describe; options given also change the model of a checkpoint or config.
+    """
+    from dynapp.apps.flops import flops_settings, format_table, model_flops, paper_rows
+    from dynapp.config import ConfigError
+    from dynapp.engine.checkpoint import CheckpointError
 
     if paper:
         typer.echo(format_table(paper_rows()))
         return
-    config = dict(representation=representation, backbone=backbone, num_classes=num_classes, segments=segments, frames=frames, crop=crop)
     try:
-        report = model_flops(**config)
+        settings = flops_settings(checkpoint=checkpoint, config=config, representation=representation,
+                                  backbone=backbone, num_classes=num_classes, segments=segments, frames=frames,
+                                  crop=crop)
+    except (ConfigError, CheckpointError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    typer.echo(format_table([{**config, "report": report}]))
+    try:
+        report = model_flops(**settings)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(format_table([{**settings, "report": report}]))
 
 
 @app.command("check-data")
@@ -61,13 +94,14 @@ def check_data(
     frames: int = typer.Option(8, help="T, frames per segment"),
     quick: bool = typer.Option(False, help="decode only the first and last frame of each video"),
     workers: int = typer.Option(0, help="decoding processes"),
+    list_short: bool = typer.Option(False, "--list-short", help="also list every video shorter than S*T frames"),
 ) -> None:
-    """Scan a dataset: report every unreadable or too-short video; exit 1 if any is unreadable."""
+    """Scan a dataset: list every unreadable video, count the too-short ones; exit 1 if any is unreadable."""
     from dynapp.data.check import run_check_data
 
     try:
         status = run_check_data(dataset, root, split=split, subset=subset, segments=segments,
-                                frames=frames, quick=quick, workers=workers, echo=typer.echo)
+                                frames=frames, quick=quick, workers=workers, list_short=list_short, echo=typer.echo)
     except (ValueError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
@@ -97,6 +131,25 @@ def extract(
     typer.echo(f"wrote {len(paths)} images to {out}")
 
 
+@app.command("config")
+def config_command(
+    config: str = typer.Option(None, "--config", help="YAML run config to resolve (defaults if omitted)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. data.root=/data/videos"),
+) -> None:
+    """Every configuration key of dynapp train with its value and its meaning, as YAML.
+
+    Without arguments: the defaults.  With --config and overrides: the resolved configuration
+    (what dynapp train would run, and saves as config.yaml in its output folder).
+    """
+    from dynapp.config import ConfigError, format_config, load_config
+
+    try:
+        typer.echo(format_config(load_config(config, overrides or [])))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(
     config: str = typer.Option(None, "--config", help="YAML run config (configs/*.yaml); defaults if omitted"),
@@ -105,8 +158,15 @@ def train(
 ) -> None:
     """Train a model (one process, or many under torchrun) and evaluate it; see configs/.
 
-    On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with code 75.
+    Every configuration key, its default and its meaning: dynapp config
+
+    Your videos, one folder per class: dynapp train data.dataset=folder data.root=PATH log.out_dir=runs/NAME
+
+    Ctrl-C, SIGTERM or SIGUSR1: the run finishes its step, writes a checkpoint, prints how to resume, exits 75.
     """
+    import os
+    import shlex
+
     from dynapp.engine.checkpoint import CheckpointError
     from dynapp.config import load_config
     from dynapp.engine.preempt import EXIT_PREEMPTED, Preempted
@@ -116,7 +176,15 @@ def train(
     try:
         run_from_config(load_config(config, overrides or []), resume=resume)
     except Preempted:  # the run printed its one line (rank 0) and wrote a checkpoint
+        if os.environ.get("WORLD_SIZE", "1") == "1":
+            command = ["dynapp", "train", *(["--config", config] if config else []), *(overrides or []), "--resume"]
+            typer.echo(f"resume with: {shlex.join(command)}")
         raise typer.Exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo("stopped at once (Ctrl-C); the last checkpoint written, if any, resumes the run "
+                       "with --resume", err=True)
+        raise typer.Exit(130)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +41,8 @@ __all__ = [
     "apply_overrides",
     "validate",
     "all_keys",
+    "describe_keys",
+    "format_config",
 ]
 
 
@@ -51,53 +55,56 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "random"  # a name of dynapp.data.DATASETS, "synthetic" (generated same-scene actions) or "random" (noise clips)
-    root: str = ""  # dataset root folder
+    dataset: str = "random"  # folder, list, ucf101, hmdb51, kinetics, minikinetics, ssv1; synthetic (generated actions) or random (noise clips)
+    root: str = ""  # the dataset's folder (for list: the folder of the lists, or one list file)
     split: int = 1  # official split (UCF101/HMDB51: 1..3)
-    segments: int = 4  # S
-    frames: int = 8  # T frames per segment
+    val_fraction: float = 0.2  # folder/list datasets without a validation part: share of each class held out for validation (0: none)
+    val_seed: int = 0  # seed of that hold-out (the same files for every run seed)
+    segments: int = 4  # S, segments per clip
+    frames: int = 8  # T, frames per segment
     sampling: str = "tsn"  # "tsn" (sparse, SS V1/UCF/HMDB) or "dense" (Kinetics)
-    crop_size: int = 160
-    num_classes: int = 0  # 0: take it from the dataset
-    # DataLoader workers; at most the machine's cores (more only warns and slows a small machine)
-    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    crop_size: int = 160  # training crop, pixels (H = W)
+    num_classes: int = 0  # classifier outputs (0: the dataset's class count)
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # DataLoader workers, at most the machine's cores
     num_samples: int = 64  # only for dataset "random": number of videos
+    flip: bool | None = None  # random horizontal flip in training; null: on, except for ssv1 (labels that depend on direction)
+    flip_pairs: list = field(default_factory=list)  # pairs of class names a flip swaps, e.g. [[swipe left, swipe right]]
     backend: str = "pyav"  # video decoder: pyav or torchcodec (pip install -e '.[torchcodec]'); the same frames
     decode_device: str = "cpu"  # cuda: NVDEC decoding with torchcodec, in the main process (data.num_workers=0)
-    dataset_kwargs: dict = field(default_factory=dict)  # passed to build_dataset as is
+    dataset_kwargs: dict = field(default_factory=dict)  # passed to build_dataset as is (scale_size, train_crop, ...)
 
 
 @dataclass
 class ModelConfig:
-    representation: str = "pwtp"
-    backbone: str = "x3d_xs"
-    dropout: float = 0.5
-    pretrained: str | None = None
-    in_channels: int = 3
+    representation: str = "pwtp"  # input: pwtp (dynamic appearance), rgb, rgb_diff, dynamic_image, flow_tvl1, flow_farneback, flow_tvnet
+    backbone: str = "x3d_xs"  # recogniser: x3d_xs, x3d_m, tsm_resnet50, vit_b16, small2d, small_tsm, small3d
+    dropout: float = 0.5  # dropout before the classifier
+    pretrained: str | None = None  # backbone weights file (ImageNet or Kinetics); null: random initialisation
+    in_channels: int = 3  # channels of the decoded frames (3: RGB)
     init_from: str | None = None  # a dynapp checkpoint whose matching weights start the whole model (fine-tuning)
-    representation_kwargs: dict = field(default_factory=dict)
-    backbone_kwargs: dict = field(default_factory=dict)
+    representation_kwargs: dict = field(default_factory=dict)  # options of the representation (e.g. PWTP's rank)
+    backbone_kwargs: dict = field(default_factory=dict)  # options of the backbone (e.g. widths, arch)
     channels_last: bool = False  # convolution weights (so activations) in channels-last memory format (GPU)
     compile: bool = False  # torch.compile the backbone (nn.Module.compile: state-dict keys unchanged)
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 10
+    epochs: int = 10  # passes over the training set
     batch_size: int = 8  # GLOBAL batch: split over processes and accumulation steps
-    accumulation_steps: int = 1
-    lr: float = 0.01  # for the global batch_size
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    accumulation_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    lr: float = 0.01  # base learning rate, for the global batch_size
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 on convolution and linear weights (not biases or normalisation)
     warmup_epochs: float = 0.0  # linear warm-up, then cosine; stepped every optimiser step
-    warmup_start_factor: float = 0.01
-    min_lr: float = 0.0
-    label_smoothing: float = 0.1
-    clip_grad_norm: float = 20.0  # 0 disables
-    classifier_lr_mult: float = 5.0
-    classifier_wd_mult: float = 5.0
-    representation_lr_mult: float = 1.0  # ViT recipe: 5
-    representation_wd_mult: float = 1.0
+    warmup_start_factor: float = 0.01  # the warm-up starts at this share of lr
+    min_lr: float = 0.0  # the cosine schedule ends here
+    label_smoothing: float = 0.1  # of the cross-entropy
+    clip_grad_norm: float = 20.0  # largest gradient norm (0: no clipping)
+    classifier_lr_mult: float = 5.0  # learning-rate multiplier of the classifier
+    classifier_wd_mult: float = 5.0  # weight-decay multiplier of the classifier
+    representation_lr_mult: float = 1.0  # learning-rate multiplier of the representation (PWTP; ViT recipe: 5)
+    representation_wd_mult: float = 1.0  # weight-decay multiplier of the representation (PWTP)
     freeze_bn: bool = False  # freeze every BatchNorm of the backbone except the first (fine-tuning)
     amp: bool = True  # mixed precision; only ever used on CUDA
     amp_dtype: str = "float16"  # float16 (with a GradScaler) | bfloat16 (no scaler needed)
@@ -106,7 +113,7 @@ class OptimConfig:
 @dataclass
 class JointConfig:
     strategy: str = "mgda"  # a name of dynapp.joint.STRATEGIES: mgda | mgda_ub | constant | scheduler | separate
-    alpha: float = 0.5  # constant strategy
+    alpha: float = 0.5  # constant strategy: the weight of ENoPR
     gamma: float = 0.2  # scheduler (Eq. 13)
     lam: float = 0.1  # scheduler (Eq. 13)
     separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
@@ -116,19 +123,19 @@ class JointConfig:
 
 @dataclass
 class EvalConfig:
-    every_epochs: int = 1  # 0: only at the end
+    every_epochs: int = 1  # evaluate every N epochs (0: only at the end)
     clips: int = 1  # temporal views per video
     crops: int = 1  # spatial views per video
-    batch_size: int = 8  # per process
+    batch_size: int = 8  # clips per evaluation batch, per process
     crop_size: int = 0  # test crop (paper: 256, 160 for X3D-XS); 0: data.crop_size
 
 
 @dataclass
 class LogConfig:
-    out_dir: str = "runs/default"
-    tensorboard: bool = True
-    csv: bool = True
-    progress: bool = True
+    out_dir: str = "runs/default"  # the run folder: checkpoints, logs, config.yaml, summary figures
+    tensorboard: bool = True  # write TensorBoard events (out_dir/tensorboard)
+    csv: bool = True  # write out_dir/train_log.csv
+    progress: bool = True  # console progress (a bar on a terminal, lines otherwise)
     every_steps: int = 20  # console: a line every N steps when stdout is not a terminal (a bar on one)
 
 
@@ -148,9 +155,9 @@ class DebugConfig:
 
 @dataclass
 class RunConfig:
-    seed: int = 0
+    seed: int = 0  # initial weights, shuffling and augmentation
     device: str = "auto"  # auto | cpu | cuda
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms only (bitwise repeatable, slower)
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke tests
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -179,6 +186,49 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + name)
     return keys
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the source of a config class."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        found = re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", line)
+        if found:
+            out[found.group(1)] = found.group(2).strip()
+    return out
+
+
+def describe_keys(cfg: RunConfig | None = None) -> list[tuple[str, Any, str]]:
+    """``(dotted key, value, one-line meaning)`` of every key, values from ``cfg`` (default: the defaults)."""
+    cfg = cfg if cfg is not None else RunConfig()
+    rows = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        meanings = _comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, prefix + f.name + ".")
+            else:
+                rows.append((prefix + f.name, value, meanings.get(f.name, "")))
+
+    walk(cfg, "")
+    return rows
+
+
+def format_config(cfg: RunConfig | None = None) -> str:
+    """Every key as YAML (``section:`` then ``  key: value  # meaning``): it loads back with ``--config``."""
+    lines, section = [], None
+    for key, value, meaning in describe_keys(cfg):
+        head, _, name = key.rpartition(".")
+        if head != section:
+            if head:
+                lines.append(f"{head}:")
+            section = head
+        text = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000).strip()[1:-1].strip()
+        indent = "  " if head else ""
+        lines.append(f"{indent}{text}" + (f"  # {meaning}" if meaning else ""))
+    return "\n".join(lines)
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
@@ -224,6 +274,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is None:  # "key=" on the command line
+            raise ConfigError(f"{key}: empty; expected a string")
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if tp is dict or origin is dict:
         if isinstance(value, dict):
@@ -343,6 +395,7 @@ def validate(cfg: RunConfig) -> None:
     _check(d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
     _check(d.split in (1, 2, 3), f"data.split: expected 1, 2 or 3, got {d.split}")
     _check_decoding(d)
+    _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _check(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 1, f"optim.batch_size: must be >= 1, got {o.batch_size}")

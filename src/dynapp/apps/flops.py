@@ -26,7 +26,8 @@ from dynapp.backbones import build_backbone
 from dynapp.model import representation_for
 from dynapp.pwtp import PWTP
 
-__all__ = ["FlopsReport", "count_macs", "count_params", "model_flops", "PAPER_MODELS", "paper_rows", "format_table"]
+__all__ = ["FlopsReport", "count_macs", "count_params", "model_flops", "flops_settings", "PAPER_MODELS", "paper_rows",
+           "format_table"]
 
 
 class FlopsReport(NamedTuple):
@@ -94,6 +95,50 @@ def model_flops(
     x = torch.empty(out_shape, device="meta")
     backbone_gflops = count_macs(lambda t: head(net(t)).mean(dim=1), x) / 1e9
     return FlopsReport(rep_gflops, backbone_gflops, count_params(rep), count_params(net) + count_params(head))
+
+
+def _settings_of_config(cfg) -> dict:
+    """The model of a ``RunConfig`` and its test view (``eval.crop_size``, else ``data.crop_size``)."""
+    d, m = cfg.data, cfg.model
+    return dict(representation=m.representation, backbone=m.backbone, segments=d.segments, frames=d.frames,
+                crop=cfg.eval.crop_size or d.crop_size, in_channels=m.in_channels,
+                representation_kwargs=dict(m.representation_kwargs), backbone_kwargs=dict(m.backbone_kwargs),
+                **({"num_classes": d.num_classes} if d.num_classes else {}))
+
+
+def flops_settings(*, checkpoint: str | None = None, config: str | None = None, **given) -> dict:
+    """The keyword arguments of :func:`model_flops` for ``dynapp flops``.
+
+    From a training checkpoint (its saved config, its classifier's outputs) or a YAML run config
+    (``--config``), else the defaults: ``rgb`` on ``tsm_resnet50``, 8 segments, 224 pixels, 174
+    classes, and T = 1 frame per segment for a representation that takes one (``rgb``), 8 for the
+    others.  Options given (not None) win over all of these.
+    """
+    from dynapp.representations import REPRESENTATIONS
+
+    if checkpoint and config:
+        raise ValueError("give --checkpoint or --config, not both")
+    base: dict = dict(representation="rgb", backbone="tsm_resnet50", segments=8, crop=224, num_classes=174)
+    if checkpoint:
+        from dynapp.config import config_from_dict
+        from dynapp.engine.checkpoint import CheckpointError, load_checkpoint
+
+        ck = load_checkpoint(checkpoint)
+        if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not ck.get("config"):
+            raise CheckpointError(f"{checkpoint} is not a dynapp training checkpoint (no model or config)")
+        base.update(_settings_of_config(config_from_dict(ck["config"])))
+        head = ck["model"].get("head.weight")
+        if head is not None:
+            base["num_classes"] = int(head.shape[0])
+    elif config:
+        from dynapp.config import load_config
+
+        base.update(_settings_of_config(load_config(config)))
+    base.update({k: v for k, v in given.items() if v is not None})
+    if base.get("frames") is None:
+        cls = REPRESENTATIONS.get(base["representation"])
+        base["frames"] = 1 if cls is not None and cls.min_frames <= 1 else 8
+    return base
 
 
 # The paper's models (Dynamic Appearance, Tables 1, 2, 6, 7; X3D and TSM papers) with the published

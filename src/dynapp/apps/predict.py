@@ -138,11 +138,13 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
 
 def sliding_windows(recognizer: Recognizer, path: str | os.PathLike, *, window: float, stride: float,
                     views: tuple[int, int] | None = None, fps: float | None = None,
-                    batch_size: int = 8, progress: bool = False) -> tuple[list[dict], np.ndarray]:
+                    batch_size: int = 8, progress: bool = False,
+                    warn: Callable[[str], None] | None = None) -> tuple[list[dict], np.ndarray]:
     """Scores of every window of a video: ``([{"window", "start", "end"}...], probs (W, K))``.
 
     ``window``/``stride`` in seconds (frames at the video's frame rate, or ``fps`` when given or
-    when the source has none, e.g. a frame folder).  Each window is decoded on its own.
+    when the source has none, e.g. a frame folder).  Each window is decoded on its own.  ``warn``
+    gets one line when a window holds fewer frames than one clip samples (frames then repeat).
     """
     from tqdm.auto import tqdm
 
@@ -153,6 +155,11 @@ def sliding_windows(recognizer: Recognizer, path: str | os.PathLike, *, window: 
         if not rate:
             raise ValueError(f"{path}: the frame rate is unknown (a frame folder?): give --fps")
         win, step = max(1, round(window * rate)), max(1, round(stride * rate))
+        pre = recognizer.preprocessing
+        clip = pre["segments"] * pre["frames"] * (pre.get("stride", 1) if pre["sampling"] == "dense" else 1)
+        if win < clip and warn is not None:
+            warn(f"warning: {path}: --window {window:g} s is {win} frames at {rate:g} fps, fewer than the {clip} "
+                 f"frames of one clip, so frames repeat within each window; --window {clip / rate:.2f} or more avoids it")
         starts = window_starts(video.num_frames, win, step)
         rows, probs = [], []
         for j, start in enumerate(tqdm(starts, desc=Path(path).name, unit="window", disable=not progress)):
@@ -256,7 +263,7 @@ def run_predict(videos: list[str], checkpoint: str, *, topk: int = 5, views: str
                           _unique_names(paths)):
         try:
             rows, probs = sliding_windows(recognizer, path, window=window, stride=stride, views=view_pair, fps=fps,
-                                          progress=progress)
+                                          progress=progress, warn=echo_err)
         except (VideoDecodeError, ValueError) as err:  # this video only: the others go on
             echo_err(f"error: {path}: {err.reason if isinstance(err, VideoDecodeError) else err}")
             failed += 1

@@ -9,6 +9,7 @@ kernel over its RGB channels and repeat that mean for every new input channel.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -53,7 +54,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         obj = load_file(str(path))
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "GLOBAL" in str(exc):
+                raise ValueError(f"refused to load {path}: it holds Python objects whose loading would run code; "
+                                 "dynapp only loads weights files of tensors") from None
+            raise ValueError(f"cannot read weights file {path}: not a PyTorch file, or a damaged one") from None
+        except Exception:  # damaged or foreign files raise anything
+            raise ValueError(f"cannot read weights file {path}: not a PyTorch file, or a damaged one") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -36,6 +36,9 @@ extension):
   Class names come from ``classes.txt`` or ``classInd.txt`` beside the list if present.
 * ``folder``: ``root/<class>/<video or frame folder>``; with ``root/train`` and ``root/val``
   (or ``test``) present, those are the two splits, otherwise train and test both read ``root``.
+
+``has_validation`` tells whether a dataset has a validation part of its own; training holds
+out part of the training videos where it has none (:mod:`dynapp.data.holdout`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "read_folder",
     "DATASETS",
     "read_annotations",
+    "has_validation",
 ]
 
 
@@ -274,11 +278,7 @@ def read_list(root: str | os.PathLike, *, split: int = 1, train: bool = True) ->
     if root.is_file():
         list_file = root
     else:
-        names = ["train.txt"] if train else ["val.txt", "test.txt"]
-        if split != 1:
-            names = [n.replace(".txt", f"{split}.txt") for n in names] + [
-                n.replace(".txt", f"_split{split}.txt") for n in names]
-        list_file = _find(root, names, [""], "list file")
+        list_file = _find(root, _list_names(train, split), [""], "list file")
     items = _parse_list(list_file)
     try:
         names_file = _find(list_file.parent, ["classes.txt", "classInd.txt"], [""], "class names")
@@ -290,13 +290,25 @@ def read_list(root: str | os.PathLike, *, split: int = 1, train: bool = True) ->
     return Annotations(items, classes)
 
 
+def _list_names(train: bool, split: int) -> list[str]:
+    names = ["train.txt"] if train else ["val.txt", "test.txt"]
+    if split != 1:
+        names = [n.replace(".txt", f"{split}.txt") for n in names] + [
+            n.replace(".txt", f"_split{split}.txt") for n in names]
+    return names
+
+
+def _folder_split_root(root: Path) -> bool:
+    return (root / "train").is_dir() and any((root / n).is_dir() for n in ("val", "validation", "test"))
+
+
 def read_folder(root: str | os.PathLike, *, split: int = 1, train: bool = True) -> Annotations:
     """One folder per class, holding videos (by extension) or frame folders (module docstring)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     names = ["train"] if train else ["val", "validation", "test"]
-    if (root / "train").is_dir() and any((root / n).is_dir() for n in ("val", "validation", "test")):
+    if _folder_split_root(root):
         root = _first_dir(root, names)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -327,3 +339,18 @@ def read_annotations(name: str, root: str | os.PathLike, *, split: int = 1, trai
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name](root, split=split, train=train)
+
+
+def has_validation(name: str, root: str | os.PathLike, *, split: int = 1) -> bool:
+    """Whether dataset ``name`` at ``root`` has a validation (or test) part of its own.
+
+    The official datasets always do; ``folder`` when ``root`` holds ``train/`` and ``val/`` (or
+    ``validation/``, ``test/``); ``list`` when ``root`` is a folder with a validation list
+    (``val.txt`` or ``test.txt``, with the split's suffix).
+    """
+    root = Path(root)
+    if name == "folder":
+        return _folder_split_root(root)
+    if name == "list":
+        return root.is_dir() and any((root / n).is_file() for n in _list_names(False, split))
+    return True

@@ -101,10 +101,12 @@ def run_check_data(
     quick: bool = False,
     workers: int = 0,
     backend: str = "pyav",
+    list_short: bool = False,
     echo=print,
 ) -> int:
-    """What ``dynapp check-data`` does: read the annotations, scan, print one line per bad or
-    short video and a summary; return the exit status (1 if any video is bad, else 0).
+    """What ``dynapp check-data`` does: read the annotations, scan, print one line per bad video
+    (and per short video with ``list_short``) and a summary with the counts; return the exit
+    status (1 if any video is bad, else 0).
 
     Raises ``ValueError`` / ``FileNotFoundError`` for unknown datasets or missing annotation files.
     """
@@ -120,8 +122,11 @@ def run_check_data(
     short = [r for r in results if r.status == "short"]
     for r in bad:
         echo(f"BAD    {r.path}: {r.reason}")
-    for r in short:
-        echo(f"SHORT  {r.path}: {r.reason}")
+    if list_short:
+        for r in short:
+            echo(f"SHORT  {r.path}: {r.reason}")
+    hint = "" if list_short or not short else " (--list-short lists them)"
     echo(f"{len(results)} videos checked: {len(results) - len(bad) - len(short)} ok, "
-         f"{len(short)} shorter than S*T={segments * frames} (warning), {len(bad)} bad")
+         f"{len(short)} shorter than S*T={segments * frames} (warning; sampled by the short-video rule){hint}, "
+         f"{len(bad)} bad")
     return 1 if bad else 0

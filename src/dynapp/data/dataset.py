@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dynapp.data.annotations import Annotation, read_annotations
+from dynapp.data.annotations import Annotation, has_validation, read_annotations
 from dynapp.data.decode import VideoDecodeError, check_backend, open_video
 from dynapp.data.sampling import SAMPLERS, sample_indices
 from dynapp.data.transforms import (
@@ -41,7 +41,7 @@ from dynapp.data.transforms import (
     to_contiguous,
 )
 
-__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "TRAIN_CROPS", "DTYPES"]
+__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "flip_label_map", "TRAIN_CROPS", "DTYPES"]
 
 TRAIN_CROPS = ("multiscale", "random_resized")
 DTYPES = ("uint8", "float32")
@@ -102,6 +102,8 @@ class VideoDataset(Dataset):
             ``round(crop_size * 256 / 224)``; with ``num_crops=3`` the default is ``crop_size``,
             TSM's "full resolution" three crops).
         flip: random horizontal flip in training (turn off for Something-Something).
+        flip_labels: ``{label: label}`` of the classes a flip turns into each other (e.g. "swipe
+            left" and "swipe right", both ways): a flipped clip carries the mapped label.
         train_crop: ``"multiscale"`` (TSN corner crops) or ``"random_resized"``.
         num_clips, num_crops: test views per video (temporal clips x 1 or 3 spatial crops).
         backend: ``"pyav"`` (default) or ``"torchcodec"`` if installed (the same frames).
@@ -130,6 +132,7 @@ class VideoDataset(Dataset):
         crop_size: int = 224,
         scale_size: int | None = None,
         flip: bool = True,
+        flip_labels: dict[int, int] | None = None,
         train_crop: str = "multiscale",
         num_clips: int = 1,
         num_crops: int = 1,
@@ -160,6 +163,7 @@ class VideoDataset(Dataset):
         self.segments, self.frames, self.train = segments, frames, train
         self.sampling, self.stride = sampling, stride
         self.crop_size, self.flip, self.train_crop = crop_size, flip, train_crop
+        self.flip_labels = dict(flip_labels or {})
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         if scale_size is None:
             scale_size = crop_size if self.num_crops == 3 else int(round(crop_size * 256 / 224))
@@ -216,7 +220,9 @@ class VideoDataset(Dataset):
         self._num_frames[j] = n  # per process: MKV/WebM headers have no count, it is counted once
         return x
 
-    def _transform(self, x: torch.Tensor, crop: int, rng: np.random.Generator | None) -> torch.Tensor:
+    def _transform(self, x: torch.Tensor, crop: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, bool]:
+        """The cropped (and in training randomly flipped) clip, and whether it was flipped."""
+        flipped = False
         if self.train:
             if self.train_crop == "multiscale":
                 x = multiscale_crop(x, self.crop_size, rng, scale_size=self.scale_size)
@@ -224,14 +230,14 @@ class VideoDataset(Dataset):
                 x = random_resized_crop(x, self.crop_size, rng)
             x = to_contiguous(x)  # flipping a contiguous clip is ten times cheaper
             if self.flip and rng.random() < 0.5:
-                x = horizontal_flip(x)
+                x, flipped = horizontal_flip(x), True
         elif self.num_crops == 3:
             x = to_contiguous(three_crop(x, self.crop_size, self.scale_size)[crop])
         else:
             x = to_contiguous(center_crop(x, self.crop_size, self.scale_size))
         if self.dtype == "float32":
-            return normalize(x)  # (3, S*T, crop, crop) float32, ImageNet mean and std
-        return x  # (3, S*T, crop, crop) uint8
+            return normalize(x), flipped  # (3, S*T, crop, crop) float32, ImageNet mean and std
+        return x, flipped  # (3, S*T, crop, crop) uint8
 
     def _mark_bad(self, j: int, reason: str, replaced: bool) -> None:
         self._bad[j] = 1
@@ -261,7 +267,9 @@ class VideoDataset(Dataset):
                 reason = err.reason if isinstance(err, VideoDecodeError) else f"{type(err).__name__}: {err}"
                 self._mark_bad(j, reason, step + 1 < tries)
                 continue
-            return self._transform(x, crop, rng), self.items[j].label, j
+            x, flipped = self._transform(x, crop, rng)
+            label = self.items[j].label
+            return x, self.flip_labels.get(label, label) if flipped else label, j
         raise RuntimeError(
             f"{tries} videos in a row from {self.items[video].path} are unreadable; "
             "run `dynapp check-data` on this dataset"
@@ -292,6 +300,24 @@ class VideoDataset(Dataset):
         return out
 
 
+def flip_label_map(pairs: Sequence[Sequence[str]], classes: Sequence[str]) -> dict[int, int]:
+    """``{label: label}`` both ways for pairs of class names swapped by a horizontal flip."""
+    index = {c: i for i, c in enumerate(classes)}
+    out: dict[int, int] = {}
+    for pair in pairs:
+        if isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"data.flip_pairs: expected pairs of class names, got {pair!r}")
+        for name in pair:
+            if name not in index:
+                shown = ", ".join(list(classes)[:10]) + (", ..." if len(classes) > 10 else "")
+                raise ValueError(f"data.flip_pairs: {name!r} is not a class of the dataset ({shown})")
+        a, b = index[pair[0]], index[pair[1]]
+        if a in out or b in out:
+            raise ValueError(f"data.flip_pairs: a class is in two pairs ({pair!r})")
+        out[a], out[b] = b, a
+    return out
+
+
 def build_dataset(
     name: str,
     root: str | os.PathLike,
@@ -303,29 +329,48 @@ def build_dataset(
     sampling: str = "tsn",
     crop_size: int = 224,
     flip: bool | None = None,
+    flip_pairs: Sequence[Sequence[str]] = (),
     seed: int = 0,
+    val_fraction: float = 0.0,
+    val_seed: int = 0,
     **kwargs,
 ) -> VideoDataset:
     """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
 
     ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
-    direction; the paper trains it without flipping).  Other keyword arguments go to
+    direction; the paper trains it without flipping).  ``flip_pairs``: pairs of class names that
+    a flip turns into each other (a flipped clip of one carries the other's label).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
     ``num_crops``, ``backend``, ``decode_device``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
     augmentation generators (the run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
     :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
+
+    ``val_fraction > 0`` and a dataset without a validation part of its own
+    (:func:`dynapp.data.annotations.has_validation`): ``train=True`` gives the training videos
+    less a stratified hold-out of that share, ``train=False`` the hold-out
+    (:func:`dynapp.data.holdout.holdout_split` with ``val_seed``); ``.held_out`` is then True.
     """
     if name == "synthetic":
         from dynapp.data.synthetic import build_synthetic
 
         return build_synthetic(root, split=split, train=train, segments=segments, frames=frames,
                                crop_size=crop_size, **kwargs)
-    ann = read_annotations(name, root, split=split, train=train)
+    held_out = val_fraction > 0 and not has_validation(name, root, split=split)
+    ann = read_annotations(name, root, split=split, train=train or held_out)
+    if held_out:
+        from dynapp.data.holdout import holdout_split
+
+        parts = holdout_split(ann.items, val_fraction, seed=val_seed)
+        ann = ann._replace(items=parts[0] if train else parts[1])
+        if not ann.items:
+            raise ValueError(f"{root}: too few videos to hold out a validation part (data.val_fraction="
+                             f"{val_fraction} needs 2 or more videos in a class)")
     if flip is None:
         flip = name != "ssv1"
     ds = VideoDataset(
         ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
-        crop_size=crop_size, flip=flip, classes=ann.classes, seed=seed, **kwargs,
+        crop_size=crop_size, flip=flip, flip_labels=flip_label_map(flip_pairs, ann.classes), classes=ann.classes,
+        seed=seed, **kwargs,
     )
-    ds.name = name
+    ds.name, ds.held_out = name, held_out
     return ds

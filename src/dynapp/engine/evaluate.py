@@ -1,5 +1,9 @@
 """Evaluation: top-1, top-5 and mean class accuracy, clip level and video level, across processes.
 
+Top-5 is reported only with more than 5 classes (with 5 or fewer it is always 100).  The video
+level also carries the accuracy of each class (``per_class``, by class name) and the result the
+confusion matrix of the videos (``confusion``: row = true class, column = predicted class).
+
 Clip level: every view (temporal clip x spatial crop) is scored on its own.  Video level: the
 softmax scores of all views of a video are averaged, then scored (the multi-view protocol of
 Feichtenhofer et al. that the paper follows, Appendix A).  The two are reported apart.
@@ -26,8 +30,11 @@ __all__ = [
     "IndexedDataset",
     "topk_accuracy",
     "mean_class_accuracy",
+    "per_class_accuracy",
+    "confusion_matrix",
     "classification_metrics",
     "average_views",
+    "drop_replacements",
     "collect_scores",
     "evaluate",
     "mean_over_splits",
@@ -66,14 +73,34 @@ def mean_class_accuracy(scores: Tensor, labels: Tensor) -> float:
     return float(torch.stack([correct[labels == c].mean() for c in classes]).mean())
 
 
+def confusion_matrix(scores: Tensor, labels: Tensor) -> Tensor:
+    """(K, K) int64 counts: row = true class, column = predicted (argmax) class."""
+    k = scores.shape[1]
+    counts = torch.zeros(k * k, dtype=torch.int64)
+    if scores.shape[0]:
+        counts.index_add_(0, labels.long() * k + scores.argmax(1), torch.ones_like(labels, dtype=torch.int64))
+    return counts.view(k, k)
+
+
+def per_class_accuracy(scores: Tensor, labels: Tensor, classes: Sequence[str] | None = None) -> dict[str, float | None]:
+    """Top-1 accuracy (percent) of each class by name (``classes``, default its index), None for a
+    class with no video."""
+    matrix = confusion_matrix(scores, labels)
+    names = list(classes) if classes is not None and len(classes) == matrix.shape[0] else [
+        str(i) for i in range(matrix.shape[0])]
+    totals = matrix.sum(1)
+    return {name: (100.0 * float(matrix[i, i]) / float(totals[i]) if totals[i] else None)
+            for i, name in enumerate(names)}
+
+
 def classification_metrics(scores: Tensor, labels: Tensor) -> dict[str, float]:
-    """``{"top1", "top5", "mean_class", "count"}`` (accuracies in percent)."""
-    return {
-        "top1": 100.0 * topk_accuracy(scores, labels, 1),
-        "top5": 100.0 * topk_accuracy(scores, labels, 5),
-        "mean_class": 100.0 * mean_class_accuracy(scores, labels),
-        "count": int(scores.shape[0]),
-    }
+    """``{"top1", "top5", "mean_class", "count"}`` (accuracies in percent); no ``top5`` with 5
+    classes or fewer (it would always be 100)."""
+    out = {"top1": 100.0 * topk_accuracy(scores, labels, 1)}
+    if scores.shape[1] > 5:
+        out["top5"] = 100.0 * topk_accuracy(scores, labels, 5)
+    out.update(mean_class=100.0 * mean_class_accuracy(scores, labels), count=int(scores.shape[0]))
+    return out
 
 
 def average_views(item_ids: Tensor, video_ids: Tensor, labels: Tensor, probs: Tensor):
@@ -143,8 +170,27 @@ def evaluate(
     if not parts:
         raise ValueError("the evaluation dataset is empty")
     item_ids, video_ids, labels, probs = (torch.cat([p[i] for p in parts]) for i in range(4))
+    item_ids, video_ids, labels, probs = drop_replacements(dataset, item_ids, video_ids, labels, probs)
     clip_p, clip_l, video_p, video_l, _ = average_views(item_ids, video_ids, labels, probs)
-    return {"clip": classification_metrics(clip_p, clip_l), "video": classification_metrics(video_p, video_l)}
+    classes = getattr(dataset, "classes", None)
+    video = {**classification_metrics(video_p, video_l), "per_class": per_class_accuracy(video_p, video_l, classes)}
+    result = {"clip": classification_metrics(clip_p, clip_l), "video": video,
+              "confusion": confusion_matrix(video_p, video_l).tolist()}
+    if hasattr(dataset, "bad_items"):  # every process's skipped videos (each found its own)
+        skipped = {str(b.path): b.reason for part in all_gather_objects(dataset.bad_items()) for b in part}
+        result["skipped_videos"] = [{"path": p, "reason": r} for p, r in sorted(skipped.items())]
+    return result
+
+
+def drop_replacements(dataset: Dataset, item_ids: Tensor, video_ids: Tensor, labels: Tensor, probs: Tensor):
+    """Leave out the items a dataset answered with another video's view (it does so for an
+    unreadable video, ``dynapp.data.dataset``): that view is already scored as its own video's,
+    and counting it again would make more clips than the readable videos have."""
+    if not hasattr(dataset, "video_index"):
+        return item_ids, video_ids, labels, probs
+    own = torch.tensor([dataset.video_index(int(i)) for i in item_ids], dtype=video_ids.dtype)
+    keep = own == video_ids
+    return item_ids[keep], video_ids[keep], labels[keep], probs[keep]
 
 
 def mean_over_splits(results: Sequence[dict]) -> dict:
@@ -153,7 +199,8 @@ def mean_over_splits(results: Sequence[dict]) -> dict:
         raise ValueError("no split results to average")
     out: dict = {}
     for level in ("clip", "video"):
-        out[level] = {k: sum(r[level][k] for r in results) / len(results) for k in ("top1", "top5", "mean_class")}
+        keys = [k for k in ("top1", "top5", "mean_class") if all(k in r[level] for r in results)]
+        out[level] = {k: sum(r[level][k] for r in results) / len(results) for k in keys}
         out[level]["count"] = sum(r[level]["count"] for r in results)
     out["splits"] = len(results)
     return out

@@ -179,7 +179,8 @@ class TrainLogger:
         if self._tb is not None:
             for level in ("clip", "video"):
                 for k in ("top1", "top5", "mean_class"):
-                    self._tb.add_scalar(f"eval/{level}_{k}", result[level][k], step)
+                    if k in result[level]:  # no top-5 with 5 classes or fewer
+                        self._tb.add_scalar(f"eval/{level}_{k}", result[level][k], step)
 
     def close(self) -> None:
         if self._bar is not None:

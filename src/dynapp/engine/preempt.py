@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM or SIGUSR1 stop a run at a step that every process agrees on.
+"""Preemption: SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) stop a run at a step that every process agrees on.
 
 Clusters warn a job before killing it: SLURM sends SIGTERM at the time limit or on preemption
 (and any signal chosen with ``#SBATCH --signal=USR1@120`` that long before), Kubernetes sends
@@ -8,6 +8,9 @@ all-reduce, so that every process stops after the SAME step even when only one o
 signalled (or they were signalled at different moments).  The loop then writes a checkpoint,
 rank 0 prints one line, and every process exits with :data:`EXIT_PREEMPTED`.
 
+Ctrl-C is a preemption too: the first one prints that the run stops after its step, a second
+one stops at once (``KeyboardInterrupt``; the last checkpoint written stays the one to resume).
+
 DataLoader workers ignore these signals (:func:`ignore_stop_signals` is their
 ``worker_init_fn``): a signal sent to the whole process group must not kill a worker under the
 main process's feet; the main process shuts them down itself.
@@ -16,17 +19,18 @@ main process's feet; the main process shuts them down itself.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import torch
 
-from dynapp.engine.distributed import all_reduce_sum
+from dynapp.engine.distributed import all_reduce_sum, get_rank
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "Preempted", "StopSignals", "ignore_stop_signals"]
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h: "a temporary failure, run it again"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -38,7 +42,9 @@ class Preempted(Exception):
 
 
 class StopSignals:
-    """Record SIGTERM/SIGUSR1 while installed (a context manager); restore the old handlers after.
+    """Record SIGTERM/SIGUSR1/SIGINT while installed (a context manager); restore the old handlers after.
+
+    A second SIGINT raises ``KeyboardInterrupt`` (a second Ctrl-C stops at once).
 
     Outside the main thread (where Python cannot install handlers) nothing is installed and
     :meth:`should_stop` only reports what other processes received.
@@ -51,7 +57,14 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _record(self, signum: int, frame) -> None:
-        self.received.append(signal.Signals(signum).name)  # the loop acts on it at the next step
+        name = signal.Signals(signum).name
+        again = name == "SIGINT" and "SIGINT" in self.received
+        self.received.append(name)  # the loop acts on it at the next step (recorded before anything can interrupt)
+        if again:
+            raise KeyboardInterrupt
+        if name == "SIGINT" and get_rank() == 0:
+            print("\nCtrl-C: the run stops after this step and writes a checkpoint (Ctrl-C again: stop at once)",
+                  file=sys.stderr, flush=True)
 
     def install(self) -> StopSignals:
         """Install the handlers (main thread only); :meth:`restore` puts the previous ones back."""

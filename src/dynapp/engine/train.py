@@ -28,7 +28,7 @@ Choices where the paper is silent (documented here):
   each sample's augmentation only on (seed, epoch, index) (``dataset.set_epoch``), data loaders
   get their own generators (they never draw from the global RNG), and every process's RNG
   states are saved and restored.
-* Preemption (``dynapp.engine.preempt``): after SIGTERM or SIGUSR1 every process stops after the
+* Preemption (``dynapp.engine.preempt``): after SIGTERM, SIGUSR1 or Ctrl-C every process stops after the
   same step, a checkpoint is written and ``Preempted`` is raised (``dynapp train`` exits 75).
 """
 
@@ -68,6 +68,7 @@ from dynapp.engine.distributed import (
     is_distributed,
     train_sampler,
 )
+from dynapp.engine.eval_log import EvalLog
 from dynapp.engine.evaluate import evaluate, write_json
 from dynapp.engine.log import TrainLogger
 from dynapp.engine.preempt import StopSignals, ignore_stop_signals
@@ -356,8 +357,9 @@ def train(
     class names of the training set).  ``max_steps`` (> 0) stops after that many optimiser steps.
 
     Call inside an initialised process group (``init_distributed``) for multi-process runs.
-    Files in ``log.out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``train_log.csv``,
-    ``tensorboard/``, ``eval.json`` (``checkpoint.enabled=False``: no checkpoint).  ``resume=True``
+    Files in ``log.out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``checkpoints/best.pt``
+    (the best video top-1 of the evaluations), ``train_log.csv``, ``eval_log.csv``, ``tensorboard/``,
+    ``eval.json`` (the last evaluation) (``checkpoint.enabled=False``: no checkpoint).  ``resume=True``
     continues from ``checkpoints/last.pt`` exactly (schedule, step counter, sampler epoch and
     position, RNG states).
     """
@@ -416,8 +418,9 @@ def train(
                          progress=log.progress, every_steps=log.every_steps, total_steps=total_steps,
                          steps_per_epoch=steps_per_epoch,
                          checkpoint_dir=checkpoints.folder if checkpoint.enabled else None)
+    evals = EvalLog(out_dir, rank=rank, start_step=state.step, last=checkpoints.last if checkpoint.enabled else None)
     result: dict = {}
-    stop = StopSignals().install()  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise Preempted
+    stop = StopSignals().install()  # SIGTERM/SIGUSR1/Ctrl-C: finish the step, checkpoint, raise Preempted
     try:
         finished = True
         while state.epoch < optim.epochs:
@@ -441,8 +444,9 @@ def train(
                 if rank == 0:
                     write_json(result, out_dir / "eval.json")
                     logger.log_eval(result, state.step)
+                    best = evals.add(result, epoch=state.epoch, step=state.step)
                     print(f"epoch {state.epoch} step {state.step}: clip top1 {result['clip']['top1']:.2f} "
-                          f"video top1 {result['video']['top1']:.2f}", flush=True)
+                          f"video top1 {result['video']['top1']:.2f}{' (best so far)' if best else ''}", flush=True)
         if finished and val_dataset is not None and not result:
             result = validate()  # resumed after the last epoch ended (nothing left to train): evaluate once
     finally:
