@@ -236,7 +236,7 @@ def test_temporal_weights_reproduce_da(D):
     w = temporal_weights(A)  # (N, T, H, W)
     da = (w.unsqueeze(1) * x).sum(2)
     torch.testing.assert_close(da, dynamic_appearance(x, A)[0])
-    assert (w.sum(1) >= -1e-12).all()  # the weights sum to >= 0 (NOTES.md)
+    assert (w.sum(1) >= -1e-12).all()  # the weights sum to >= 0 (docs/paper.md)
     if D == 1:
         a = A[:, :, 0]
         expected = 1 / a.shape[1] - a.mean(1, keepdim=True) * a / a.square().sum(1, keepdim=True)

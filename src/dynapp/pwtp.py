@@ -29,7 +29,7 @@ each way; ``PWTP(impl="auto" | "reference" | "cpu_fused")`` chooses, by the one 
 Choices where the paper is silent (documented and tested):
 
 * Conv F uses padding ``k // 2`` and a bias, so a 224 input gives 28 x 28 at stride 8.
-* MLP (Appendix C, NOTES.md reading): ``GELU(Linear(P -> rP))``, then B blocks
+* MLP (Appendix C, read as docs/paper.md says): ``GELU(Linear(P -> rP))``, then B blocks
   ``h + GELU(Linear_up(GELU(Linear_down(BatchNorm(h)))))`` (the GELU of the up-projection sits
   inside the residual branch, before the sum), then ``Linear(rP -> T*D)`` with no activation.
   The bottleneck width is ``round(beta * rP)``.  The default configuration has 9,686 parameters.
