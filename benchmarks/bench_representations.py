@@ -1,6 +1,6 @@
 """Milliseconds per clip to produce each representation from the same decoded clip (CPU).
 
-Setting (issue 4): S = 1 segment of T = 8 frames, 224 x 224, batch 1, CPU, one process.  The
+Setting: S = 1 segment of T = 8 frames, 224 x 224, batch 1, CPU, one process.  The
 clip is decoded once -- synthetic by default (a smooth random texture panning 1.5 px/frame
 right and 1 px/frame down, with a bright square moving 3 px/frame left across it; uint8 RGB as
 PyAV decodes), or the first S*T frames of ``--video`` decoded with PyAV and resized -- then
