@@ -34,7 +34,8 @@ __all__ = [
 
 BACKBONES: dict[str, Backbone] = {**tsm.ENTRIES, **x3d.ENTRIES, **vit.ENTRIES, **small.ENTRIES}
 
-# The 3D backbones (read from the entries): they take all frames of a clip as a volume and return one feature vector (S' = 1).
+# The 3D backbones, read from the entries: they take all frames of a clip as one volume and return
+# one feature vector (S' = 1).
 BACKBONES_3D = frozenset(name for name, entry in BACKBONES.items() if entry.all_frames)
 
 
