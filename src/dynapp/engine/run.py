@@ -81,7 +81,7 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
     entry = dataset_entry(dataset)
     common = dict(split=split, segments=segments, frames=frames, sampling=sampling)
     if entry.generated:  # the run-level sizes a generated dataset may use (random's; synthetic's are in dataset_kwargs)
-        common.update(in_channels=in_channels, num_samples=num_samples, **dataset_kwargs)
+        common.update({"in_channels": in_channels, "num_samples": num_samples, **dataset_kwargs})
         if num_classes and "num_classes" not in dataset_kwargs:
             common["num_classes"] = num_classes
     else:
