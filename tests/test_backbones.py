@@ -397,4 +397,13 @@ def test_mismatched_pretrained_file_names_the_keys(tmp_path):
 def test_cli_backbone_names_match_the_dict():
     from dynapp import names
 
-    assert names.BACKBONES == tuple(BACKBONES)
+    assert names.BACKBONES == tuple(BACKBONES), "add the backbone's name to dynapp/names.py, in the order of BACKBONES"
+
+
+def test_every_backbone_declares_what_it_is():
+    """2D backbones keep the segments (N, S, F); 3D ones take all frames and pool them to (N, 1, F)."""
+    assert {n for n, e in BACKBONES.items() if e.all_frames} == {"x3d_xs", "x3d_m", "small3d"}
+    for name in ("small2d", "small_tsm", "small3d"):  # the cheap ones: run them
+        entry = BACKBONES[name]
+        out = entry.build(num_segments=4)(torch.randn(1, 3, 4, 32, 32))
+        assert out.shape[1] == (1 if entry.all_frames else 4), name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dynapp.data.annotations import DATASETS, read_annotations
+from dynapp.data.catalog import DATASETS, read_annotations
 
 
 def _touch(path: Path) -> Path:
@@ -168,3 +168,25 @@ def test_folder_per_class_with_and_without_split_folders(tmp_path):
     assert [a.path.name for a in read_annotations("folder", split, train=True).items] == ["1.mp4"]
     val = read_annotations("folder", split, train=False)
     assert val.classes == ["x", "y"] and [a.label for a in val.items] == [0, 1]
+
+
+def test_dataset_table_holds_each_datasets_defaults(tmp_path):
+    """One entry per dataset: its reader or generator, default flip and sampling, official splits."""
+    assert not DATASETS["ssv1"].flip and all(DATASETS[n].flip for n in ("ucf101", "kinetics", "folder"))
+    assert all(e.sampling in ("tsn", "dense") for e in DATASETS.values())
+    assert {n for n, e in DATASETS.items() if e.splits} == {"ucf101", "hmdb51"}
+    assert {n for n, e in DATASETS.items() if e.generated} == {"synthetic", "random"}
+    assert all((e.read is None) != (e.generate is None) for e in DATASETS.values())
+    with pytest.raises(ValueError, match="generated"):
+        read_annotations("random", tmp_path)
+
+
+def test_representations_do_not_import_the_data_package():
+    """Layers: the data pipeline may use representations' neighbours, never the other way round."""
+    from pathlib import Path
+
+    import dynapp.representations as reps
+
+    for path in Path(reps.__file__).parent.glob("*.py"):
+        lines = [ln for ln in path.read_text().splitlines() if ln.lstrip().startswith(("import ", "from "))]
+        assert not [ln for ln in lines if "dynapp.data" in ln], path.name

@@ -183,3 +183,18 @@ def test_demo_study_frames_grid(tmp_path):
     # twice the segments: more backbone FLOPs; a higher rank: more PWTP FLOPs
     g = {(r["T"], r["D"]): r["gflops"] for r in rows}
     assert g[(4, 1)] > g[(8, 1)] and g[(8, 3)] > g[(8, 1)]
+
+
+def test_every_demo_run_is_a_valid_run_config():
+    """A demo run is described by the same RunConfig as ``dynapp train`` (and passes its validation)."""
+    from dynapp.apps.demo import JOINT_STRATEGIES, demo_config, run_config
+    from dynapp.config import validate
+
+    cfg = demo_config(quick=True)
+    free = run_config(cfg, "pwtp_remove", out_dir="somewhere", seed=3)
+    validate(free)
+    assert (free.model.representation, free.model.representation_kwargs["static"]) == ("pwtp", "remove")
+    assert free.seed == 3 and free.log.out_dir == "somewhere" and not free.checkpoint.enabled
+    for strategy, alpha, normalize, backbone_grad in JOINT_STRATEGIES:
+        validate(run_config(cfg, "pwtp", out_dir="unused", seed=0, strategy=strategy, alpha=alpha,
+                            normalize=normalize, backbone_grad=backbone_grad))

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dynapp.cli import app
-from dynapp.data.annotations import Annotation, has_validation
+from dynapp.data.annotations import Annotation
+from dynapp.data.catalog import has_validation
 from dynapp.data.encode import write_video
 from dynapp.data.holdout import holdout_split
 from dynapp.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -67,7 +67,7 @@ class DataConfig:
     num_classes: int = 0  # classifier outputs (0: the dataset's class count)
     num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # DataLoader workers, at most the machine's cores
     num_samples: int = 64  # only for dataset "random": number of videos
-    flip: bool | None = None  # random horizontal flip in training; null: on, except for ssv1 (labels that depend on direction)
+    flip: bool | None = None  # random horizontal flip in training; null: the dataset's default (dynapp.data.catalog: on, except for ssv1)
     flip_pairs: list = field(default_factory=list)  # pairs of class names a flip swaps, e.g. [[swipe left, swipe right]]
     backend: str = "pyav"  # video decoder: pyav or torchcodec (pip install -e '.[torchcodec]'); the same frames
     decode_device: str = "cpu"  # cuda: NVDEC decoding with torchcodec, in the main process (data.num_workers=0)

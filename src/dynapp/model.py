@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dynapp.backbones import BACKBONES, BACKBONES_3D, build_backbone
+from dynapp.backbones import BACKBONES, build_backbone
 from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, normalize_affine
 from dynapp.representations import REPRESENTATIONS, build_representation
 
@@ -111,7 +111,7 @@ def representation_for(
         segments=segments,
         frames=frames,
         in_channels=in_channels,
-        all_frames=backbone in BACKBONES_3D,
+        all_frames=BACKBONES[backbone].all_frames,
         **(representation_kwargs or {}),
     )
 

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dynapp.apps.inference import Recognizer, ViewsDataset, first_item
-from dynapp.data.annotations import read_annotations
+from dynapp.data.catalog import dataset_entry, read_annotations
 
 __all__ = ["dataset_videos", "feature_name", "extract_features"]
 
@@ -41,7 +41,7 @@ def dataset_videos(dataset: str, root: str | os.PathLike, *, split: int = 1,
     """(paths, labels, class names) of a dataset's ``train``, ``test`` or ``all`` videos."""
     if subset not in ("all", "train", "test"):
         raise ValueError(f"subset must be all, train or test, got {subset!r}")
-    if dataset in ("synthetic", "random"):
+    if dataset_entry(dataset).generated:
         raise ValueError(f"dataset {dataset!r} has no video files: write them first "
                          "(dynapp.data.synthetic.write_synthetic_videos) and use --dataset folder")
     paths, labels, classes, seen = [], [], None, set()

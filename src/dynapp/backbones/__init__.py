@@ -1,24 +1,28 @@
-"""Backbones: a plain dict from names to builders, and :func:`build_backbone`.
+"""Backbones: a plain dict from names to :class:`Backbone` entries, and :func:`build_backbone`.
 
 Every backbone takes ``(N, C, S, H, W)`` and returns per-segment features ``(N, S', F)`` with
 ``F = backbone.num_features``: S' = S for 2D backbones (``tsm_resnet50``, ``vit_b16``,
 ``small2d``, ``small_tsm``) and S' = 1 for 3D backbones that pool over time (``x3d_xs``, ``x3d_m``,
 ``small3d``).  For a 3D backbone, ``num_segments`` is the number of frames it receives.
+
+Each file declares its backbones in its ``ENTRIES`` (builder and 2D / 3D); adding a backbone to a
+file is one entry there (and its name in :mod:`dynapp.names`, which the CLI's help reads without
+importing torch; ``tests/test_backbones.py`` checks the two agree).  A new file adds its
+``ENTRIES`` to :data:`BACKBONES` below.
 """
 
 from __future__ import annotations
 
-import functools
-
 from torch import nn
 
-from dynapp.backbones.small import build_small2d, build_small3d, build_small_tsm
-from dynapp.backbones.tsm import build_tsm_resnet, temporal_shift
-from dynapp.backbones.vit import build_vit
+from dynapp.backbones import small, tsm, vit, x3d
+from dynapp.backbones.entry import Backbone
+from dynapp.backbones.tsm import temporal_shift
 from dynapp.backbones.weights import inflate_input_kernel, read_state_dict
-from dynapp.backbones.x3d import build_x3d, convert_x3d_checkpoint
+from dynapp.backbones.x3d import convert_x3d_checkpoint
 
 __all__ = [
+    "Backbone",
     "BACKBONES",
     "BACKBONES_3D",
     "build_backbone",
@@ -28,19 +32,11 @@ __all__ = [
     "temporal_shift",
 ]
 
-BACKBONES = {
-    "tsm_resnet50": build_tsm_resnet,
-    # X3D-XS (4 x 160) and X3D-M (16 x 224) are the same network; only the clip differs.
-    "x3d_xs": functools.partial(build_x3d, name="x3d_xs"),
-    "x3d_m": functools.partial(build_x3d, name="x3d_m"),
-    "vit_b16": build_vit,
-    "small2d": build_small2d,
-    "small_tsm": build_small_tsm,
-    "small3d": build_small3d,
-}
+BACKBONES: dict[str, Backbone] = {**tsm.ENTRIES, **x3d.ENTRIES, **vit.ENTRIES, **small.ENTRIES}
 
-# Backbones that take all frames of a clip as a 3D volume and return one feature vector (S' = 1).
-BACKBONES_3D = frozenset({"x3d_xs", "x3d_m", "small3d"})
+# The 3D backbones, read from the entries: they take all frames of a clip as one volume and return
+# one feature vector (S' = 1).
+BACKBONES_3D = frozenset(name for name, entry in BACKBONES.items() if entry.all_frames)
 
 
 def build_backbone(name: str, *, in_channels: int = 3, num_segments: int, pretrained: str | None = None, **kwargs) -> nn.Module:
@@ -52,4 +48,4 @@ def build_backbone(name: str, *, in_channels: int = 3, num_segments: int, pretra
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    return BACKBONES[name](in_channels=in_channels, num_segments=num_segments, pretrained=pretrained, **kwargs)
+    return BACKBONES[name].build(in_channels=in_channels, num_segments=num_segments, pretrained=pretrained, **kwargs)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dynapp.backbones.entry import Backbone
 from dynapp.backbones.shapes import check_video_input
 from dynapp.backbones.tsm import ShiftConv2d
 from dynapp.backbones.weights import load_backbone_weights, read_state_dict
 
-__all__ = ["Small2D", "Small3D", "build_small2d", "build_small3d", "build_small_tsm"]
+__all__ = ["Small2D", "Small3D", "build_small2d", "build_small3d", "build_small_tsm", "ENTRIES"]
 
 
 def _conv_bn_relu(conv: nn.Module, channels: int, bn: type[nn.Module]) -> nn.Sequential:
@@ -99,3 +100,11 @@ def build_small_tsm(*, in_channels: int = 3, num_segments: int, pretrained: str 
 def build_small3d(*, in_channels: int = 3, num_segments: int, pretrained: str | None = None, **kwargs) -> Small3D:
     """A small 3D CNN (about 0.24M parameters); ``pretrained``: a local state-dict file."""
     return _load(Small3D(num_segments=num_segments, in_channels=in_channels, **kwargs), pretrained)
+
+
+# This file's entries of dynapp.backbones.BACKBONES.
+ENTRIES = {
+    "small2d": Backbone(build_small2d, dims=2),
+    "small_tsm": Backbone(build_small_tsm, dims=2),
+    "small3d": Backbone(build_small3d, dims=3),
+}

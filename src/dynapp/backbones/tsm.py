@@ -16,10 +16,11 @@ import torch
 import torchvision
 from torch import nn
 
+from dynapp.backbones.entry import Backbone
 from dynapp.backbones.shapes import check_video_input
 from dynapp.backbones.weights import load_backbone_weights, read_state_dict, torchvision_state_dict
 
-__all__ = ["temporal_shift", "ShiftConv2d", "TSMResNet", "build_tsm_resnet"]
+__all__ = ["temporal_shift", "ShiftConv2d", "TSMResNet", "build_tsm_resnet", "ENTRIES"]
 
 # torchvision builder, its ImageNet weights and its feature width.  TSM used ImageNet-1k V1 weights.
 _ARCHS = {
@@ -145,3 +146,7 @@ def build_tsm_resnet(
     if pretrained:
         model.load_pretrained(pretrained)
     return model
+
+
+# This file's entries of dynapp.backbones.BACKBONES.
+ENTRIES = {"tsm_resnet50": Backbone(build_tsm_resnet, dims=2)}

@@ -20,10 +20,11 @@ import timm
 import torch
 from torch import nn
 
+from dynapp.backbones.entry import Backbone
 from dynapp.backbones.shapes import check_video_input
 from dynapp.backbones.weights import inflate_input_kernel, load_backbone_weights, read_state_dict, timm_state_dict
 
-__all__ = ["VideoViT", "build_vit", "image_to_video_vit_state_dict"]
+__all__ = ["VideoViT", "build_vit", "image_to_video_vit_state_dict", "ENTRIES"]
 
 # The paper's ViT-B is pretrained on ImageNet-21k.
 DEFAULT_TIMM_WEIGHTS = "vit_base_patch16_224.augreg_in21k"
@@ -123,3 +124,7 @@ def build_vit(*, in_channels: int = 3, num_segments: int, pretrained: str | None
     if pretrained:
         model.load_pretrained(pretrained)
     return model
+
+
+# This file's entries of dynapp.backbones.BACKBONES.
+ENTRIES = {"vit_b16": Backbone(build_vit, dims=2)}

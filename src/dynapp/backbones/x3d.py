@@ -22,16 +22,18 @@ temporal stride is 1 throughout; the network pools over time and returns one fea
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from dynapp.backbones.entry import Backbone
 from dynapp.backbones.shapes import check_video_input
 from dynapp.backbones.weights import load_backbone_weights, read_state_dict
 
-__all__ = ["round_width", "SqueezeExcite", "X3DBlock", "X3D", "build_x3d", "convert_x3d_checkpoint"]
+__all__ = ["round_width", "SqueezeExcite", "X3DBlock", "X3D", "build_x3d", "convert_x3d_checkpoint", "ENTRIES"]
 
 _BN_EPS = 1e-5
 
@@ -304,3 +306,11 @@ def convert_x3d_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
             out[bn + "running_var"] = torch.full((c,), 1.0 - _BN_EPS)
             out[bn + "num_batches_tracked"] = torch.tensor(0)
     return out
+
+
+# This file's entries of dynapp.backbones.BACKBONES.  X3D-XS (4 x 160) and X3D-M (16 x 224) are the
+# same network; only the clip differs.
+ENTRIES = {
+    "x3d_xs": Backbone(functools.partial(build_x3d, name="x3d_xs"), dims=3),
+    "x3d_m": Backbone(functools.partial(build_x3d, name="x3d_m"), dims=3),
+}

@@ -37,8 +37,10 @@ extension):
 * ``folder``: ``root/<class>/<video or frame folder>``; with ``root/train`` and ``root/val``
   (or ``test``) present, those are the two splits, otherwise train and test both read ``root``.
 
-``has_validation`` tells whether a dataset has a validation part of its own; training holds
-out part of the training videos where it has none (:mod:`dynapp.data.holdout`).
+The table of datasets (:data:`dynapp.data.catalog.DATASETS`) names these readers with their
+defaults; ``folder_has_validation`` and ``list_has_validation`` tell whether such a folder has a
+validation part of its own (training holds out part of the training videos where it has none,
+:mod:`dynapp.data.holdout`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from dynapp.data.decode import VIDEO_EXTENSIONS
 
@@ -60,9 +62,8 @@ __all__ = [
     "read_ssv1",
     "read_list",
     "read_folder",
-    "DATASETS",
-    "read_annotations",
-    "has_validation",
+    "folder_has_validation",
+    "list_has_validation",
 ]
 
 
@@ -323,34 +324,13 @@ def read_folder(root: str | os.PathLike, *, split: int = 1, train: bool = True) 
     return Annotations(items, classes)
 
 
-DATASETS: dict[str, Callable[..., Annotations]] = {
-    "ucf101": read_ucf101,
-    "hmdb51": read_hmdb51,
-    "kinetics": read_kinetics,
-    "minikinetics": read_minikinetics,
-    "ssv1": read_ssv1,
-    "list": read_list,
-    "folder": read_folder,
-}
+def folder_has_validation(root: Path, split: int = 1) -> bool:
+    """A ``folder`` dataset has a validation part when ``root`` holds ``train/`` and ``val/`` (or ``validation/``, ``test/``)."""
+    return _folder_split_root(Path(root))
 
 
-def read_annotations(name: str, root: str | os.PathLike, *, split: int = 1, train: bool = True) -> Annotations:
-    """``DATASETS[name](root, split=split, train=train)`` with a clear error for unknown names."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](root, split=split, train=train)
-
-
-def has_validation(name: str, root: str | os.PathLike, *, split: int = 1) -> bool:
-    """Whether dataset ``name`` at ``root`` has a validation (or test) part of its own.
-
-    The official datasets always do; ``folder`` when ``root`` holds ``train/`` and ``val/`` (or
-    ``validation/``, ``test/``); ``list`` when ``root`` is a folder with a validation list
-    (``val.txt`` or ``test.txt``, with the split's suffix).
-    """
+def list_has_validation(root: Path, split: int = 1) -> bool:
+    """A ``list`` dataset has a validation part when ``root`` is a folder with a validation list
+    (``val.txt`` or ``test.txt``, with the split's suffix)."""
     root = Path(root)
-    if name == "folder":
-        return _folder_split_root(root)
-    if name == "list":
-        return root.is_dir() and any((root / n).is_file() for n in _list_names(False, split))
-    return True
+    return root.is_dir() and any((root / n).is_file() for n in _list_names(False, split))

@@ -110,7 +110,7 @@ def run_check_data(
 
     Raises ``ValueError`` / ``FileNotFoundError`` for unknown datasets or missing annotation files.
     """
-    from dynapp.data.annotations import read_annotations
+    from dynapp.data.catalog import read_annotations
 
     if subset not in ("all", "train", "test"):
         raise ValueError(f"--subset must be all, train or test, got {subset!r}")

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dynapp.data.annotations import Annotation, has_validation, read_annotations
+from dynapp.data.annotations import Annotation
+from dynapp.data.catalog import dataset_entry, has_validation
 from dynapp.data.decode import VideoDecodeError, check_backend, open_video
 from dynapp.data.sampling import SAMPLERS, sample_indices
 from dynapp.data.transforms import (
@@ -326,7 +327,7 @@ def build_dataset(
     train: bool,
     segments: int,
     frames: int,
-    sampling: str = "tsn",
+    sampling: str | None = None,
     crop_size: int = 224,
     flip: bool | None = None,
     flip_pairs: Sequence[Sequence[str]] = (),
@@ -334,29 +335,33 @@ def build_dataset(
     val_fraction: float = 0.0,
     val_seed: int = 0,
     **kwargs,
-) -> VideoDataset:
-    """Read the annotations of ``--dataset name --root root --split split`` and build the Dataset.
+):
+    """Build the Dataset of ``--dataset name --root root --split split`` (an entry of
+    :data:`dynapp.data.catalog.DATASETS`).
 
-    ``flip=None`` means on, except for ``ssv1`` (Something-Something labels depend on
-    direction; the paper trains it without flipping).  ``flip_pairs``: pairs of class names that
-    a flip turns into each other (a flipped clip of one carries the other's label).  Other keyword arguments go to
+    A reader's dataset: its annotations read and decoded by :class:`VideoDataset`.  ``sampling``
+    and ``flip`` None mean the dataset's defaults (the table's: tsn; flip on, except for ``ssv1``,
+    whose labels depend on direction).  ``flip_pairs``: pairs of class names that a flip turns into
+    each other (a flipped clip of one carries the other's label).  Other keyword arguments go to
     :class:`VideoDataset` (``stride``, ``scale_size``, ``train_crop``, ``num_clips``,
     ``num_crops``, ``backend``, ``decode_device``, ``dtype``, ``decode_threads``); ``seed`` keys the per-sample
-    augmentation generators (the run seed; see :class:`VideoDataset`).  ``name="synthetic"`` generates the same-scene action clips of
-    :mod:`dynapp.data.synthetic` instead (``root`` unused; its own keyword arguments pass through).
+    augmentation generators (the run seed; see :class:`VideoDataset`).
+
+    A generated dataset (``synthetic``: the same-scene action clips of :mod:`dynapp.data.synthetic`;
+    ``random``: :mod:`dynapp.data.noise`): ``root`` unused, the keyword arguments go to its builder
+    (``seed`` as ``run_seed``).
 
     ``val_fraction > 0`` and a dataset without a validation part of its own
-    (:func:`dynapp.data.annotations.has_validation`): ``train=True`` gives the training videos
+    (:func:`dynapp.data.catalog.has_validation`): ``train=True`` gives the training videos
     less a stratified hold-out of that share, ``train=False`` the hold-out
     (:func:`dynapp.data.holdout.holdout_split` with ``val_seed``); ``.held_out`` is then True.
     """
-    if name == "synthetic":
-        from dynapp.data.synthetic import build_synthetic
-
-        return build_synthetic(root, split=split, train=train, segments=segments, frames=frames,
-                               crop_size=crop_size, **kwargs)
+    entry = dataset_entry(name)
+    if entry.generated:
+        return entry.generate(root, split=split, train=train, segments=segments, frames=frames, crop_size=crop_size,
+                              run_seed=seed, **kwargs)
     held_out = val_fraction > 0 and not has_validation(name, root, split=split)
-    ann = read_annotations(name, root, split=split, train=train or held_out)
+    ann = entry.read(root, split=split, train=train or held_out)
     if held_out:
         from dynapp.data.holdout import holdout_split
 
@@ -365,12 +370,10 @@ def build_dataset(
         if not ann.items:
             raise ValueError(f"{root}: too few videos to hold out a validation part (data.val_fraction="
                              f"{val_fraction} needs 2 or more videos in a class)")
-    if flip is None:
-        flip = name != "ssv1"
     ds = VideoDataset(
-        ann.items, segments=segments, frames=frames, train=train, sampling=sampling,
-        crop_size=crop_size, flip=flip, flip_labels=flip_label_map(flip_pairs, ann.classes), classes=ann.classes,
-        seed=seed, **kwargs,
+        ann.items, segments=segments, frames=frames, train=train, sampling=sampling or entry.sampling,
+        crop_size=crop_size, flip=entry.flip if flip is None else flip,
+        flip_labels=flip_label_map(flip_pairs, ann.classes), classes=ann.classes, seed=seed, **kwargs,
     )
     ds.name, ds.held_out = name, held_out
     return ds

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["RandomClips"]
+__all__ = ["RandomClips", "build_random"]
 
 
 class RandomClips(Dataset):
@@ -44,3 +44,18 @@ class RandomClips(Dataset):
             x = (x0 + f * (label + 1)) % max(w - side + 1, 1)
             clip[:, f, y0 : y0 + side, x : x + side] += 2.0
         return clip, label, video
+
+
+def build_random(root=None, *, split: int = 1, train: bool, segments: int, frames: int, crop_size: int,
+                 num_classes: int = 0, in_channels: int = 3, num_samples: int = 64, num_clips: int = 1,
+                 num_crops: int = 1, run_seed: int = 0, **ignored) -> RandomClips:
+    """``data.dataset=random``: ``num_samples`` training videos, or a quarter as many test videos of
+    ``num_clips * num_crops`` views each (``root``, ``split`` and the video-reading options are unused).
+
+    ``num_classes`` 0 means 4.  The test clips are drawn with seed ``run_seed + 1``.
+    """
+    common = dict(num_classes=num_classes or 4, segments=segments, frames=frames, in_channels=in_channels,
+                  crop_size=crop_size)
+    if train:
+        return RandomClips(num_videos=num_samples, seed=run_seed, **common)
+    return RandomClips(num_videos=max(num_samples // 4, 1), views=num_clips * num_crops, seed=run_seed + 1, **common)

@@ -337,8 +337,10 @@ class SyntheticActions(Dataset):
         return normalize(x), self.label_and_scene(index)[0], index
 
 
-_IGNORED = ("sampling", "flip", "stride", "scale_size", "train_crop", "num_clips", "num_crops", "backend",
-            "decode_device", "max_replacements")
+# The video-reading options and the run-level ones (run_seed: the data seed is ``seed``; num_samples and
+# in_channels: the ``random`` dataset's) that the generated clips have no use for.
+_IGNORED = ("sampling", "flip", "flip_pairs", "stride", "scale_size", "train_crop", "num_clips", "num_crops", "backend",
+            "decode_device", "max_replacements", "run_seed", "num_samples", "in_channels", "val_fraction", "val_seed")
 
 
 def build_synthetic(

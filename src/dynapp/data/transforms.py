@@ -23,6 +23,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms import InterpolationMode
 
+from dynapp.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -38,8 +40,6 @@ __all__ = [
     "denormalize",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _BILINEAR = InterpolationMode.BILINEAR
 
 

@@ -16,9 +16,8 @@ from torch.utils.data import Dataset
 
 from dynapp.config import apply_overrides, config_from_dict, config_to_dict, format_config
 from dynapp.data import build_dataset
-from dynapp.data.annotations import has_validation
+from dynapp.data.catalog import dataset_entry, has_validation
 from dynapp.data.holdout import write_split
-from dynapp.data.noise import RandomClips
 from dynapp.engine.checkpoint import load_checkpoint, model_state_dict
 from dynapp.engine.distributed import cleanup_distributed, get_rank, init_distributed
 from dynapp.engine.evaluate import evaluate, mean_over_splits, write_json
@@ -70,41 +69,38 @@ def build_datasets(*, dataset: str, root: str, split: int, segments: int, frames
                    dataset_kwargs: dict, eval_crop_size: int = 0, backend: str = "pyav",
                    decode_device: str = "cpu", val_fraction: float = 0.0, val_seed: int = 0,
                    flip: bool | None = None, flip_pairs: list | None = None) -> tuple[Dataset, Dataset | None, int]:
-    """(train, val, num_classes) for a dataset name (``random`` or a ``dynapp.data`` reader).
+    """(train, val, num_classes) for a dataset name (an entry of :data:`dynapp.data.catalog.DATASETS`).
 
     ``backend`` and ``decode_device`` choose the video decoder (see :func:`dataset_options`).
     A reader's dataset without a validation part of its own holds out ``val_fraction`` of each
     class (``dynapp.data.holdout``); with ``val_fraction=0`` it has no validation set (None),
-    never its training videos.  ``flip`` (None: the reader's default) and ``flip_pairs`` (class
+    never its training videos.  ``flip`` (None: the dataset's default) and ``flip_pairs`` (class
     names a flip swaps) set the training flip; they win over the same keys of ``dataset_kwargs``.
     """
     eval_crop_size = eval_crop_size or crop_size
-    if dataset == "random":
-        n_cls = num_classes or 4
-        common = dict(num_classes=n_cls, segments=segments, frames=frames, in_channels=in_channels)
-        train_set = RandomClips(num_videos=num_samples, seed=seed, crop_size=crop_size, **common)
-        val_set = RandomClips(num_videos=max(num_samples // 4, 1), views=views[0] * views[1], seed=seed + 1,
-                              crop_size=eval_crop_size, **common)
-        return train_set, val_set, n_cls
-    if dataset != "synthetic":
+    entry = dataset_entry(dataset)
+    common = dict(split=split, segments=segments, frames=frames, sampling=sampling)
+    if entry.generated:  # the run-level sizes a generated dataset may use (random's; synthetic's are in dataset_kwargs)
+        common.update({"in_channels": in_channels, "num_samples": num_samples, **dataset_kwargs})
+        if num_classes and "num_classes" not in dataset_kwargs:
+            common["num_classes"] = num_classes
+    else:
         if not str(root).strip():
             raise ValueError(f"data.root: empty; set it to the folder of your {dataset} dataset, e.g. "
                              "data.root=/data/my_videos")
         if not Path(root).exists():
             raise FileNotFoundError(f"data.root: {root} does not exist")
-    common = dict(split=split, segments=segments, frames=frames, sampling=sampling,
-                  **dataset_options(dataset_kwargs, backend=backend, decode_device=decode_device))
-    if dataset != "synthetic":
-        common.update(val_fraction=val_fraction, val_seed=val_seed)
+        common.update(val_fraction=val_fraction, val_seed=val_seed,
+                      **dataset_options(dataset_kwargs, backend=backend, decode_device=decode_device))
         if flip is not None:
             common["flip"] = flip
         if flip_pairs:
             common["flip_pairs"] = flip_pairs
     train_set = build_dataset(dataset, root, train=True, crop_size=crop_size, seed=seed, **common)
     val_set = None
-    if dataset == "synthetic" or val_fraction > 0 or has_validation(dataset, root, split=split):
+    if val_fraction > 0 or has_validation(dataset, root, split=split):
         val_set = build_dataset(dataset, root, train=False, crop_size=eval_crop_size, num_clips=views[0],
-                                num_crops=views[1], **common)
+                                num_crops=views[1], seed=seed, **common)
     return train_set, val_set, _num_classes(train_set, num_classes)
 
 
@@ -208,9 +204,6 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         cleanup_distributed(synchronize=finished)  # no barrier on an error path: a peer may be gone
 
 
-_SPLIT_DATASETS = ("ucf101", "hmdb51")  # the datasets whose official splits data.split chooses
-
-
 def _parse_views(views: str | None) -> list[str]:
     if not views:
         return []
@@ -264,7 +257,7 @@ def eval_from_checkpoint(paths: str | Path | list, *, views: str | None = None, 
             result = evaluate(model, val_set, device=info.device, batch_size=e.batch_size, num_workers=d.num_workers,
                               amp=cfg.optim.amp and cfg.optim.amp_dtype == "float16" and info.device.type == "cuda")
             result.update(checkpoint=str(path), step=ck.get("step"), views=f"{e.clips}x{e.crops}",
-                          dataset=d.dataset, **({"split": d.split} if d.dataset in _SPLIT_DATASETS else {}))
+                          dataset=d.dataset, **({"split": d.split} if dataset_entry(d.dataset).splits else {}))
             if info.rank == 0:
                 classes = ck.get("classes") or class_names(val_set) or [str(i) for i in range(num_classes)]
                 png = Path(out).with_suffix("") if out and len(paths) == 1 else path.with_name(f"eval_{path.stem}")

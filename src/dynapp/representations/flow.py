@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynapp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dynapp.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from dynapp.representations.base import Representation, RepresentationOutput
 from dynapp.segments import split_segments, unfold_segments
 

@@ -1,0 +1,76 @@
+"""``dynapp demo``: every input in every setting, for each seed, then the studies and the report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dynapp.apps.demo.config import INPUTS, DemoConfig, parse_studies
+from dynapp.apps.demo.figures import draw_figures
+from dynapp.apps.demo.report import finish
+from dynapp.apps.demo.runs import build_demo_data, build_demo_val, train_and_evaluate
+from dynapp.apps.demo.studies import run_study
+
+
+def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/demo", seeds: int = 1, seed: int = 0,
+             study: str | None = None, echo=None) -> dict:
+    """Run the demo and write the report folder; returns the results dict (also results.json)."""
+    cfg = cfg or DemoConfig()
+    echo = echo or (lambda line: print(line, flush=True))
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    studies_asked = parse_studies(study)
+    unknown = set(cfg.inputs) - set(INPUTS)
+    if unknown:
+        raise ValueError(f"unknown inputs {sorted(unknown)}; choose from {', '.join(INPUTS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.threads))
+    wall = time.perf_counter()
+    runs = []
+    studies: dict[str, list] = {}
+    try:
+        for k in range(seeds):
+            s = seed + k
+            train_sets, test_set = build_demo_data(cfg, s)
+            val_set = build_demo_val(cfg, s)
+            tic = time.perf_counter()
+            for held_out in (val_set, test_set):  # generate (and cache) the held-out clips once
+                for i in range(len(held_out)):
+                    held_out.clip_uint8(i)
+            results = {}
+            for setting in cfg.settings:
+                results[setting] = {}
+                for rep in cfg.inputs:
+                    r = train_and_evaluate(cfg, rep, train_sets[setting], test_set, val_set=val_set,
+                                           out_dir=out / "runs" / f"seed{s}" / setting / rep, seed=s)
+                    results[setting][rep] = r
+                    echo(f"seed {s} {setting:<8} {rep:<14} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
+                         f"train {r['train_s']:.0f} s ({r['steps']} steps)")
+            runs.append({"seed": s, "results": results, "data_s": time.perf_counter() - tic})
+            if k == 0:
+                figures = draw_figures(out, cfg, runs[0], test_set)
+                first_data = (train_sets, val_set, test_set)
+            if "joint" in studies_asked:  # every seed: the rule of docs/joint.md averages over seeds
+                echo(f"study joint (seed {s}):")
+                studies.setdefault("joint", []).extend(
+                    run_study(cfg, "joint", s, out, echo, (train_sets, val_set, test_set), results))
+        for name in studies_asked:
+            if name == "joint":
+                continue
+            echo(f"study {name} (seed {seed}):")
+            studies[name] = run_study(cfg, name, seed, out, echo, first_data, runs[0]["results"])
+        studies = {name: studies[name] for name in studies_asked}
+        del first_data
+    finally:
+        torch.set_num_threads(old_threads)
+    for r in runs:  # drop the models and keep the rest JSON-friendly
+        for s in r["results"].values():
+            for v in s.values():
+                v.pop("_model", None)
+    return finish(out, cfg, runs, studies, figures, [{"folder": str(out), "seeds": [r["seed"] for r in runs],
+                                                       "wall_s": time.perf_counter() - wall}], echo)

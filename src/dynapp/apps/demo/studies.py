@@ -1,0 +1,139 @@
+"""The demo's optional studies (``--study``) and the pre-registered rule that reads the joint study.
+
+joint: PWTP with every strategy of :data:`~dynapp.apps.demo.config.JOINT_STRATEGIES` (Table 5, the
+scheduler, MGDA's normalisations, MGDA-UB, the constants with the full backbone gradient) in every
+setting, with validation and test accuracy (run on every seed: :func:`apply_rule` needs them);
+frames: the T x D grid of Table 4b on the unbiased data; backbones: every input in every setting
+with each of :data:`~dynapp.apps.demo.config.DEMO_BACKBONES` (the demo's own backbone's rows are
+that seed's main results).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from dynapp.apps.demo.config import DEMO_BACKBONES, JOINT_STRATEGIES, SETTINGS, STUDIES, DemoConfig
+from dynapp.apps.demo.runs import build_demo_data, train_and_evaluate
+
+
+def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: str = "weighted") -> str:
+    """``constant 0.5``, ``constant 0.5 full`` (the backbone on the full grad L2), ``mgda loss+``, ..."""
+    full = backbone_grad == "full" and strategy in ("constant", "scheduler")
+    return (strategy + (f" {alpha}" if strategy == "constant" else "") + (f" {normalize}" if normalize != "none" else "")
+            + (" full" if full else ""))
+
+
+def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+    """PWTP with every joint-training strategy in every setting (validation and test accuracy)."""
+    rows = []
+    train_sets, val_set, test_set = data
+    for setting in cfg.settings:
+        for strategy, alpha, normalize, backbone_grad in JOINT_STRATEGIES:
+            name = _strategy_name(strategy, alpha, normalize, backbone_grad)
+            r = train_and_evaluate(cfg, "pwtp", train_sets[setting], test_set, seed=seed, strategy=strategy,
+                                   alpha=alpha, normalize=normalize, backbone_grad=backbone_grad, val_set=val_set,
+                                   out_dir=out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"))
+            rows.append({"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
+                         "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
+                         "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]})
+            echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
+                 f"ENoPR {r['enopr']:.4f}  static share {r['static_share']:.3f}  "
+                 f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
+    return rows
+
+
+def _frames_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+    """PWTP on the unbiased data for each T (frames per segment) and D (rank) at the same S*T."""
+    rows = []
+    total = cfg.segments * cfg.frames
+    for T in (4, 8):
+        for D in (1, 2, 3):
+            if D >= T or total % T:
+                continue
+            c = replace(cfg, frames=T, segments=total // T, settings=("unbiased",))
+            sets, test = build_demo_data(c, seed)  # no choice is made on this study's test accuracy
+            r = train_and_evaluate(c, "pwtp", sets["unbiased"], test, out_dir=out / "study" / f"T{T}_D{D}",
+                                   seed=seed, rank=D)
+            rows.append({"T": T, "D": D, "S": total // T, "accuracy": r["accuracy"], "enopr": r["enopr"],
+                         "gflops": r["gflops"]})
+            echo(f"  T={T} D={D} S={total // T}: acc {r['accuracy']:.1f}%  ENoPR {r['enopr']:.4f}")
+    return rows
+
+
+def _backbones_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+    """Every input in every setting with each demo backbone (``first``: the demo backbone's results)."""
+    rows = []
+    train_sets, _, test_set = data
+    for backbone in DEMO_BACKBONES:
+        c = replace(cfg, backbone=backbone)
+        for rep in cfg.inputs:
+            row = {"backbone": backbone, "input": rep}
+            for setting in cfg.settings:
+                if backbone == cfg.backbone:
+                    r = first[setting][rep]
+                else:
+                    r = train_and_evaluate(c, rep, train_sets[setting], test_set, seed=seed,
+                                           out_dir=out / "study" / "backbones" / backbone / setting / rep)
+                    echo(f"  {backbone:<9} {setting:<8} {rep:<14} acc {r['accuracy']:5.1f}%  "
+                         f"static share {r['static_share']:.3f}")
+                row[f"acc_{setting}"], row[f"static_{setting}"] = r["accuracy"], r["static_share"]
+            rows.append({**row, "params": r["params"], "gflops": r["gflops"]})
+    return rows
+
+
+_STUDIES = {"joint": _joint_study, "frames": _frames_study, "backbones": _backbones_study}
+
+
+def run_study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+    """Study ``study`` (one of :data:`~dynapp.apps.demo.config.STUDIES`) on seed ``seed``'s data
+    ``data`` = (training sets, validation set, test set); ``first``: that seed's results."""
+    if study not in _STUDIES:
+        raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
+    return _STUDIES[study](cfg, seed, out, echo, data, first)
+
+
+# The pre-registered rule that chooses the default joint strategy (docs/joint.md): the candidates,
+# the strategy that stays the default unless another beats it, the seeds and the margin.
+RULE_CANDIDATES = ("mgda", "mgda_ub loss+", "constant 0.5 full", "constant 0.9 full", "scheduler full", "separate")
+RULE_BASELINE = "mgda"
+RULE_SEEDS = 5
+RULE_MARGIN = 1.0  # points of mean validation accuracy
+
+
+def apply_rule(rows: list[dict], settings: tuple = SETTINGS) -> dict:
+    """The rule of docs/joint.md on the joint study's rows (validation accuracy only).
+
+    ``score`` of a candidate = the mean over ``settings`` of its mean validation accuracy over
+    seeds.  The best-scoring candidate (ties: the earlier in :data:`RULE_CANDIDATES`) replaces
+    :data:`RULE_BASELINE` only if its score is at least :data:`RULE_MARGIN` points higher AND its
+    mean is not lower in any setting; otherwise the baseline stays.  ``complete`` says whether
+    every candidate has at least :data:`RULE_SEEDS` seeds in every setting (an incomplete study
+    decides nothing: ``winner`` is then None).
+    """
+    acc: dict[str, dict[str, list[float]]] = {c: {s: [] for s in settings} for c in RULE_CANDIDATES}
+    for r in rows:
+        if r["strategy"] in acc and r["setting"] in settings and r.get("val_accuracy") is not None:
+            acc[r["strategy"]][r["setting"]].append(float(r["val_accuracy"]))
+    complete = all(len(v) >= RULE_SEEDS for c in acc.values() for v in c.values())
+    means = {c: {s: (statistics.fmean(v) if v else None) for s, v in per.items()} for c, per in acc.items()}
+    scores = {c: (None if None in m.values() else statistics.fmean(m.values())) for c, m in means.items()}
+    ranked = sorted((c for c in RULE_CANDIDATES if scores[c] is not None), key=lambda c: -scores[c])
+    best = ranked[0] if ranked else None
+    base = RULE_BASELINE
+    beats = (best is not None and best != base and scores[base] is not None
+             and scores[best] >= scores[base] + RULE_MARGIN and all(means[best][s] >= means[base][s] for s in settings))
+    seeds = {c: min(len(v) for v in per.values()) for c, per in acc.items()}
+    return {"complete": complete, "winner": (best if beats else base) if complete else None, "best": best,
+            "scores": scores, "means": means, "seeds": seeds}
+
+
+def rule_line(rule: dict) -> str:
+    scores = ", ".join(f"{c} {v:.1f}" for c, v in sorted(((c, v) for c, v in rule["scores"].items() if v is not None),
+                                                          key=lambda kv: -kv[1])) or "none yet"
+    if not rule["complete"]:
+        return (f"default-strategy rule (docs/joint.md): not decided, it needs >= {RULE_SEEDS} seeds of every candidate "
+                f"in every setting (have {min(rule['seeds'].values())}); mean validation accuracy: {scores}")
+    return f"default-strategy rule (docs/joint.md): {rule['winner']}; mean validation accuracy: {scores}"
+
