@@ -263,7 +263,7 @@ class PWTP(nn.Module):
         check_static(static)
         self.frames, self.rank, self.in_channels = frames, rank, in_channels
         self.static, self.impl = static, impl
-        self.last_impl: PWTPImpl | None = None  # a report, not state: not in the state dict
+        self.last_impl: PWTPImpl | None = None  # what the last forward ran (not in the state dict)
         pairs = frames * (frames - 1) // 2  # P
         width = max(1, int(round(expansion * pairs)))  # rP
         inner = max(1, int(round(bottleneck * width)))  # beta rP
@@ -281,11 +281,13 @@ class PWTP(nn.Module):
         (N*S of them, in (n, s) order), as if the segments were folded into the batch, without
         copying the clip on the fused CPU path."""
         split_segments(x, segments, self.frames, self.in_channels)  # the one shape check
-        impl = self.last_impl = choose_impl(self.impl, x, self.rank, return_residual)
+        impl = choose_impl(self.impl, x, self.rank, return_residual)  # a few microseconds
+        self.last_impl = impl  # what ran, for the caller: a report, not state
         z = self._coarse(x, segments, impl.relation)  # Eq. 2-4 before the upsampling: (N*S, T*D, h, w)
         if impl.projection == "cpu_fused":  # Eq. 1, 5-7 fused; the kernel reads the segments in place
             clip = segment_view(x, segments) if segments > 1 else x  # (N, S, C, T, H, W), a view
-            da, enopr, static = pwtp_cpu.dynamic_appearance_from_coarse(clip, z, return_static, self.static == "remove")
+            remove = self.static == "remove"
+            da, enopr, static = pwtp_cpu.dynamic_appearance_from_coarse(clip, z, return_static, remove)
             return PWTPOutput(da, enopr, static, None, z)
         A = self.upsample(z, x.shape[-2:])  # Eq. 4: (N*S, T, D, H, W)
         x = fold_segments(x, segments)  # (N*S, C, T, H, W)
