@@ -29,7 +29,7 @@ the ``eager`` row of the table is all of it together):
   the clip computes a.x, sum_t x, ||x||^2 and DA, with A interpolated on the fly from the
   (N, T, 28, 224) half-upsampled hyperplanes, so neither A at full resolution nor its gradient
   is ever stored; the backward is one more pass (it recomputes y from the clip instead of
-  saving it).  The PyTorch version of the same arithmetic (``_RankOneDA``, still used on the GPU)
+  saving it).  The PyTorch version of the same arithmetic (``kernels.autograd.RankOneDA``, used on the GPU)
   was 2.8-3.6x forward and 6-9x forward + backward on this machine; the kernel's forward pass
   now takes 1.27 ms against 1.25-1.28 ms for ``x.sum(2)`` in the same process.  Inside the kernel, measured on one
   thread: register blocks of 64 pixels instead of whole-row arrays (6.0 -> 3.8 ms), channel-

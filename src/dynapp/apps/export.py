@@ -28,6 +28,7 @@ from torch import nn
 
 from dynapp import pwtp as _pwtp
 from dynapp.apps.inference import Recognizer
+from dynapp.kernels import autograd as _autograd
 
 __all__ = ["FORMATS", "pytorch_path", "random_clip", "export_model", "run_exported", "export_and_check"]
 
@@ -75,7 +76,7 @@ def pytorch_path(model: nn.Module) -> Iterator[None]:
     for m in modules:
         m.impl = "reference"
     try:
-        with _inline_autograd_functions(_pwtp):
+        with _inline_autograd_functions(_autograd):
             yield
     finally:
         for m, impl in zip(modules, previous):

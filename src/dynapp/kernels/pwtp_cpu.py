@@ -1,10 +1,10 @@
 """Fused CPU kernel for the rank-one dynamic appearance (the default PWTP, D = 1).
 
-PWTP runs it when ``PWTP(impl=...)`` says so (:func:`dynapp.pwtp.choose_impl` holds the rule);
-nothing in this module decides which implementation runs, and it does not import dynapp.pwtp.
+PWTP runs it when ``PWTP(impl=...)`` says so (:func:`dynapp.kernels.choose.choose_impl` holds the
+rule); nothing in this module decides which implementation runs, and it does not import dynapp.pwtp.
 
-The reference path (:class:`dynapp.pwtp._RankOneDA`) already avoids the clip-sized residual, but
-on a CPU every elementwise PyTorch op is a separate pass over memory: the projection costs
+The reference path (:class:`dynapp.kernels.autograd.RankOneDA`) already avoids the clip-sized
+residual, but on a CPU every elementwise PyTorch op is a separate pass over memory: the projection costs
 about a dozen passes over frame- and clip-sized tensors plus the upsampled A (N, T, H, W) and
 its gradient.  ``pwtp_cpu.cpp`` does the same arithmetic in one pass over the clip forward and
 one backward, and upsamples A on the fly (the vertical half; the horizontal half is a small
@@ -34,10 +34,14 @@ from pathlib import Path
 
 import torch
 
+from dynapp.kernels.bilinear import upsample_width
+from dynapp.kernels.normal_equations import regularisers
+
 __all__ = [
     "available",
     "supports",
     "rank_one_dynamic_appearance",
+    "dynamic_appearance_from_coarse",
     "relation_descriptor",
     "linear_interpolation",
 ]
@@ -186,7 +190,7 @@ def linear_interpolation(n_in: int, n_out: int, dtype: torch.dtype) -> tuple[tor
     """1-D linear interpolation, align_corners=False (PyTorch's rule), as index pairs and weights.
 
     Returns (i0, i1, lam) of length n_out with ``out[k] = (1 - lam[k]) in[i0[k]] + lam[k] in[i1[k]]``,
-    the same rule as :func:`dynapp.pwtp._bilinear_matrix` (tests/test_pwtp_cpu.py checks they agree).
+    the same rule as :func:`dynapp.kernels.bilinear.bilinear_matrix` (tests/test_pwtp_cpu.py checks they agree).
     """
     dst = torch.arange(n_out, dtype=torch.float64)
     src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
@@ -296,6 +300,20 @@ def rank_one_dynamic_appearance(
         x = x.contiguous()
     out = _FusedRankOneDA.apply(x, zc.to(x.dtype).contiguous(), float(eps), need_static, bool(remove))
     return (out[0], out[1], out[2] if need_static else None)
+
+
+def dynamic_appearance_from_coarse(
+    x: torch.Tensor, z: torch.Tensor, need_static: bool = False, remove: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`rank_one_dynamic_appearance` from the MLP's output z (samples, T, h, w), as PWTP runs it.
+
+    A is upsampled along W here (one GEMM) and along H inside the kernel, never stored at full
+    size; the clip x (shapes as there, unchecked) is read in z's dtype with its default eps.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        zc = upsample_width(z, x.shape[-1])  # (samples, T, h, W)
+        eps, _ = regularisers(zc.dtype, None, None)
+        return rank_one_dynamic_appearance(x.to(zc.dtype), zc, eps, need_static, remove, check=False)
 
 
 class _FusedGram(torch.autograd.Function):
