@@ -245,18 +245,18 @@ def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, books: Bo
         if not last:
             continue
 
-        totals = _step_statistics(micro, state)  # the one all-reduce of the step's statistics
+        totals, pwtp_means = _step_statistics(micro, loop.monitor, state)  # the step's one all-reduce
         alpha = loop.strategy.after_backward()  # Algorithm 1 for mgda: the strategy sets Theta1's gradient
         lr, grad_norm = _optimizer_step(loop, state)
         state.step += 1
         row = _log_row(totals, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=clock.seconds(),
                        data_seconds=clock.waited, main_loss="rec_loss" if phase.run_backbone else "enopr",
                        has_aux=has_aux)
-        _log_step(loop, books.logger, row)
+        _log_step(loop, books.logger, row, pwtp_means)
         micro = []
         if books.every_steps and state.step % books.every_steps == 0:
             _save(books.checkpoints, state)
-        if (books.max_steps and state.step >= books.max_steps) or books.stop.should_stop(loop.device):
+        if (books.max_steps and state.step >= books.max_steps) or books.stop.should_stop(loop.device):  # collective
             return False
         clock.restart()
     return True
@@ -293,8 +293,9 @@ def _forward_backward(loop: Loop, net: nn.Module, clip: Tensor, label, *, step: 
     clip = clip.to(loop.device, non_blocking=True)  # (N, C, S*T, H, W)
     label = torch.as_tensor(label).to(loop.device, non_blocking=True)
     no_sync = isinstance(net, DistributedDataParallel) and not sync
+    amp = loop.amp_dtype is not None  # CUDA mixed precision
     with net.no_sync() if no_sync else contextlib.nullcontext():
-        with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=loop.amp_dtype is not None):
+        with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
             out = net(clip)
             logits = out.logits if run_backbone else None
             rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
@@ -320,25 +321,30 @@ def _micro_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: 
     return torch.stack([rec, aux, correct, count, non_finite])
 
 
-def _step_statistics(micro: list[Tensor], state: TrainState) -> Tensor:
-    """(rec, enopr, correct, count, micro-batches) of one optimiser step over all processes.
+def _step_statistics(micro: list[Tensor], monitor: PWTPMonitor | None,
+                     state: TrainState) -> tuple[Tensor, Tensor | None]:
+    """The statistics of one optimiser step over all processes: one all-reduce of one packed tensor.
 
-    One all-reduce of the step's micro-batch statistics packed in one tensor; the losses are
-    process means, summed micro-batch by micro-batch.  A non-finite loss on any process raises
+    Returns (rec, enopr, correct, count, micro-batches) -- the losses are process means, summed
+    micro-batch by micro-batch -- and PWTP's diagnostics (``monitor.take()`` averaged over
+    processes; None without PWTP).  A non-finite loss on any process raises
     ``NonFiniteLossError`` (naming the first such micro-batch) before the update.
     """
-    total = all_reduce_sum(torch.stack(micro)).cpu()  # (micro-batches, 5)
+    world = get_world_size()
+    losses = torch.stack(micro)  # (micro-batches, 5): rec, enopr, correct, count, non-finite
+    pwtp = monitor.take().to(losses.device) if monitor is not None else losses.new_zeros(0)
+    packed = all_reduce_sum(torch.cat([losses.flatten(), pwtp])).cpu()
+    total, pwtp_means = packed[:losses.numel()].view(losses.shape), packed[losses.numel():] / world
     bad = [i for i, row in enumerate(total) if row[4] > 0]
     if bad:
         batch = state.batch_in_epoch - len(micro) + bad[0]
         raise NonFiniteLossError(
             f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {batch}); "
             f"run stopped, last good checkpoint: {state.last_checkpoint or 'none written yet'}")
-    world = get_world_size()
     stats = torch.zeros(5, dtype=torch.float64)
     for row in total:
         stats += torch.tensor([row[0] / world, row[1] / world, row[2], row[3], 1.0], dtype=torch.float64)
-    return stats
+    return stats, pwtp_means if monitor is not None else None
 
 
 def _optimizer_step(loop: Loop, state: TrainState) -> tuple[float, float]:
@@ -385,10 +391,10 @@ def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_
     return row
 
 
-def _log_step(loop: Loop, logger: TrainLogger, row: dict) -> None:
+def _log_step(loop: Loop, logger: TrainLogger, row: dict, pwtp_means: Tensor | None) -> None:
     """Log one optimiser step: PWTP's diagnostics added to ``row`` (a warning if PWTP froze), then the row."""
     if loop.monitor is not None:  # alpha, |g1|, |g2|, ENoPR's floor, DA's direction
-        diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats)
+        diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats, pwtp_means)
         row.update(diagnostics)
         if warning:
             logger.print(warning)
@@ -496,7 +502,7 @@ def build_loop(model: nn.Module, optim: OptimConfig, joint: JointConfig, *, devi
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),  # bfloat16 needs no scaling
         strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
         accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm, device=device,
-        amp_dtype=amp_dtype, frozen_bn=frozen_bn, monitor=PWTPMonitor.for_model(model, all_reduce_mean=reduce))
+        amp_dtype=amp_dtype, frozen_bn=frozen_bn, monitor=PWTPMonitor.for_model(model))
 
 
 def recognition_loss(label_smoothing: float) -> Callable[[Tensor, Tensor], Tensor]:
