@@ -121,6 +121,19 @@ def test_separate_strategy_phases(tmp_path):
     assert {float(r["alpha"]) for r in rows[:4]} == {1.0} and {float(r["alpha"]) for r in rows[4:]} == {0.0}
 
 
+def test_statistics_are_all_reduced_once_per_optimiser_step(tmp_path, monkeypatch):
+    from dynapp.engine import train as loop_module
+
+    sizes = []
+    real = loop_module.all_reduce_sum
+    monkeypatch.setattr(loop_module, "all_reduce_sum", lambda t: sizes.append(t.numel()) or real(t))
+    cfg = load_config(None, TINY + ["optim.epochs=1", "optim.batch_size=4", "optim.accumulation_steps=2",
+                                    f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    steps = len(_read_csv(tmp_path / "train_log.csv"))
+    assert steps >= 1 and sizes == [2 * 5 + 8] * steps  # 5 values of each micro-batch, PWTP's 8 diagnostics
+
+
 def test_nan_loss_stops_cleanly(tmp_path, monkeypatch):
     fault_injection.install(nan_at_step=3, setattr=monkeypatch.setattr)
     cfg = load_config(None, TINY + ["optim.epochs=2", "checkpoint.every_steps=2", f"log.out_dir={tmp_path}"])
