@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import fault_injection
 from dynapp.data.encode import write_video
 from dynapp.engine.checkpoint import load_checkpoint
 
@@ -47,13 +48,18 @@ def train_args(root: Path, out_dir: Path, *extra: str) -> list[str]:
             "log.progress=false", "device=cpu", f"log.out_dir={out_dir}", *extra]
 
 
-def cli(*args: str) -> list[str]:
+def cli(*args: str, sleep_per_step: float = 0.0) -> list[str]:
+    """``dynapp train ARGS``; ``sleep_per_step`` > 0: with a sleep after every step (tests/fault_injection.py)."""
+    if sleep_per_step:
+        return fault_injection.command("train", *args, sleep_per_step=sleep_per_step)
     return [sys.executable, "-m", "dynapp.cli", "train", *args]
 
 
-def torchrun(*args: str, nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
-            "-m", "dynapp.cli", "train", *args]
+def torchrun(*args: str, nproc: int = 2, sleep_per_step: float = 0.0) -> list[str]:
+    """``dynapp train ARGS`` under torchrun; ``sleep_per_step`` as in :func:`cli`."""
+    program = fault_injection.command("train", *args, sleep_per_step=sleep_per_step)[1:] if sleep_per_step else [
+        "-m", "dynapp.cli", "train", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *program]
 
 
 def read_csv(path: Path) -> list[dict]:

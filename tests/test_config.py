@@ -74,3 +74,13 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"optim": {"lr": 0.1}}
     apply_overrides(data, ["optim.lr=0.2"])
     assert data["optim"]["lr"] == 0.1
+
+
+def test_the_debug_section_of_older_configs_is_ignored(tmp_path):
+    # configs and checkpoints written before the tests' fault injection left the config carry it
+    path = tmp_path / "config.yaml"
+    path.write_text("optim:\n  lr: 0.2\ndebug:\n  nan_at_step: 0\n  sleep_per_step: 0.0\n")
+    assert load_config(path).optim.lr == 0.2
+    assert "debug" not in config_to_dict(config_from_dict({"debug": {"nan_at_step": 3}}))
+    with pytest.raises(ConfigError, match="unknown config key 'debug.sleep_per_step'"):
+        load_config(None, ["debug.sleep_per_step=1"])

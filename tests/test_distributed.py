@@ -200,7 +200,7 @@ def test_preempting_one_torchrun_process_stops_all_at_the_same_step(clips, ddp_r
     run = tmp_path / "run"
     # no loader workers here (ddp_real had 2 per process): the result does not depend on them
     args = _real(clips, run, "optim.accumulation_steps=2", "checkpoint.resume=auto", "data.num_workers=0")
-    proc = subprocess.Popen(torchrun(*args, "debug.sleep_per_step=0.5"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(torchrun(*args, sleep_per_step=0.5), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
     wait_for_rows(proc, run / "train_log.csv", 2)
     workers = torchrun_workers(proc.pid)

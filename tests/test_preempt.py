@@ -45,7 +45,7 @@ def test_signal_checkpoints_exits_75_and_resume_auto_continues(clips, reference,
     # workers get it too and must not die before the main process has written its checkpoint.
     run = tmp_path / "run"
     args = train_args(clips, run, "data.num_workers=2", "checkpoint.resume=auto")
-    proc = subprocess.Popen(cli(*args, "debug.sleep_per_step=0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cli(*args, sleep_per_step=0.3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, start_new_session=True)
     wait_for_rows(proc, run / "train_log.csv", 5)
     (os.killpg if group else os.kill)(proc.pid, sig)
@@ -76,7 +76,7 @@ def test_signal_checkpoints_exits_75_and_resume_auto_continues(clips, reference,
 def test_a_second_ctrl_c_stops_at_once(clips, tmp_path):
     run = tmp_path / "run"
     args = train_args(clips, run, "data.num_workers=2")
-    proc = subprocess.Popen(cli(*args, "debug.sleep_per_step=5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cli(*args, sleep_per_step=5), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, start_new_session=True)
     wait_for_rows(proc, run / "train_log.csv", 1)  # asleep after step 1, for 5 s
     os.killpg(proc.pid, signal.SIGINT)

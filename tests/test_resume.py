@@ -56,7 +56,7 @@ def test_kill9_anywhere_then_resume_is_bitwise_exact(clips, reference, tmp_path,
     # (inside epoch 2); the steps after the checkpoint are trained and logged again.
     run = tmp_path / "run"
     args = train_args(clips, run, f"data.num_workers={workers}")
-    proc = subprocess.Popen(cli(*args, "debug.sleep_per_step=0.2"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli(*args, sleep_per_step=0.2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=ENV)
     wait_for_rows(proc, run / "train_log.csv", kill_after)
     kill(proc)

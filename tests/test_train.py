@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import fault_injection
 from dynapp.config import load_config
 from dynapp.engine.checkpoint import load_checkpoint
 from dynapp.engine.run import run_from_config
@@ -120,9 +121,22 @@ def test_separate_strategy_phases(tmp_path):
     assert {float(r["alpha"]) for r in rows[:4]} == {1.0} and {float(r["alpha"]) for r in rows[4:]} == {0.0}
 
 
-def test_nan_loss_stops_cleanly(tmp_path):
-    cfg = load_config(None, TINY + ["optim.epochs=2", "checkpoint.every_steps=2", "debug.nan_at_step=3",
+def test_statistics_are_all_reduced_once_per_optimiser_step(tmp_path, monkeypatch):
+    from dynapp.engine import train as loop_module
+
+    sizes = []
+    real = loop_module.all_reduce_sum
+    monkeypatch.setattr(loop_module, "all_reduce_sum", lambda t: sizes.append(t.numel()) or real(t))
+    cfg = load_config(None, TINY + ["optim.epochs=1", "optim.batch_size=4", "optim.accumulation_steps=2",
                                     f"log.out_dir={tmp_path}"])
+    run_from_config(cfg)
+    steps = len(_read_csv(tmp_path / "train_log.csv"))
+    assert steps >= 1 and sizes == [2 * 5 + 8] * steps  # 5 values of each micro-batch, PWTP's 8 diagnostics
+
+
+def test_nan_loss_stops_cleanly(tmp_path, monkeypatch):
+    fault_injection.install(nan_at_step=3, setattr=monkeypatch.setattr)
+    cfg = load_config(None, TINY + ["optim.epochs=2", "checkpoint.every_steps=2", f"log.out_dir={tmp_path}"])
     last = tmp_path / "checkpoints" / "last.pt"
     with pytest.raises(NonFiniteLossError, match=rf"step 3 .*last good checkpoint: {last}"):
         run_from_config(cfg)
@@ -131,12 +145,13 @@ def test_nan_loss_stops_cleanly(tmp_path):
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_nan_loss_cli_message(tmp_path):
+def test_nan_loss_cli_message(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from dynapp.cli import app
 
-    res = CliRunner().invoke(app, ["train", *TINY, "optim.epochs=1", "debug.nan_at_step=1", f"log.out_dir={tmp_path}"])
+    fault_injection.install(nan_at_step=1, setattr=monkeypatch.setattr)
+    res = CliRunner().invoke(app, ["train", *TINY, "optim.epochs=1", f"log.out_dir={tmp_path}"])
     assert res.exit_code == 1
     assert "non-finite loss at step 1 " in res.output and "none written yet" in res.output
     assert "Traceback" not in res.output
@@ -157,7 +172,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
     cmd = [sys.executable, "-m", "dynapp.cli", "train", *common, f"log.out_dir={run_dir}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen(cmd + ["debug.sleep_per_step=0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    slow = fault_injection.command("train", *common, f"log.out_dir={run_dir}", sleep_per_step=0.3)
+    proc = subprocess.Popen(slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     log = run_dir / "train_log.csv"
     deadline = time.time() + 90
     while time.time() < deadline:  # kill after step 4: a checkpoint exists at step 3, the next would be 6

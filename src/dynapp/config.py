@@ -34,7 +34,6 @@ __all__ = [
     "EvalConfig",
     "LogConfig",
     "CheckpointConfig",
-    "DebugConfig",
     "RunConfig",
     "load_config",
     "config_from_dict",
@@ -148,12 +147,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class DebugConfig:
-    nan_at_step: int = 0  # make the recognition loss NaN at this optimiser step, counted from 1 (0: never)
-    sleep_per_step: float = 0.0  # seconds to sleep after every step (tests killing a run)
-
-
-@dataclass
 class RunConfig:
     seed: int = 0  # initial weights, shuffling and augmentation
     device: str = "auto"  # auto | cpu | cuda
@@ -166,7 +159,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+RETIRED_SECTIONS = ("debug",)  # sections that configs and checkpoints of older versions carry; ignored
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -305,8 +300,11 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def config_from_dict(data: dict | None) -> RunConfig:
-    """A validated ``RunConfig`` from a nested dict (as read from YAML); missing keys keep defaults."""
-    cfg = _build(RunConfig, data or {})
+    """A validated ``RunConfig`` from a nested dict (as read from YAML); missing keys keep defaults.
+
+    Sections of older versions (``RETIRED_SECTIONS``) are ignored, so their ``config.yaml`` files
+    and checkpoints still load."""
+    cfg = _build(RunConfig, {k: v for k, v in (data or {}).items() if k not in RETIRED_SECTIONS})
     validate(cfg)
     return cfg
 
@@ -426,7 +424,6 @@ def validate(cfg: RunConfig) -> None:
     _check(e.crop_size == 0 or e.crop_size >= 8, f"eval.crop_size: must be 0 or >= 8, got {e.crop_size}")
     _check(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
     _check(bool(cfg.log.out_dir), "log.out_dir: must not be empty")
-    _check(cfg.debug.sleep_per_step >= 0, f"debug.sleep_per_step: must be >= 0, got {cfg.debug.sleep_per_step}")
     _check(cfg.checkpoint.every_steps >= 0, f"checkpoint.every_steps: must be >= 0, got {cfg.checkpoint.every_steps}")
     _check(cfg.checkpoint.resume in ("never", "auto", "always"),
            f"checkpoint.resume: expected never, auto or always, got {cfg.checkpoint.resume!r}")

@@ -124,21 +124,21 @@ class PWTPMonitor:
     """The diagnostics of one PWTP run for the training loop.
 
     ``observe(clip, out)`` after the forward of every micro-batch (``out`` has ``hyperplanes``,
-    the MLP's output z); ``end_step(alpha, enopr, stats)`` after each optimiser step returns
-    ``(values, warning)``: the :data:`DIAGNOSTICS` of the step (micro-batch means, averaged over
-    processes by ``all_reduce_mean``) and the freeze warning line or None.  Everything is
-    computed without autograd from z (upsampled as PWTP does) and the normalised clip.
+    the MLP's output z); at the end of each optimiser step ``take()`` hands over the step's sums
+    and counts of this process, and ``end_step(alpha, enopr, stats, means)`` (``means``: what
+    ``take()`` returned, averaged over processes by the loop together with its own statistics)
+    returns ``(values, warning)``: the :data:`DIAGNOSTICS` of the step (micro-batch means) and the
+    freeze warning line or None.  Everything is computed without autograd from z (upsampled as
+    PWTP does) and the normalised clip.
     """
 
     def __init__(self, pwtp: PWTP, *, segments: int, normalize: Callable[[Tensor], Tensor] | None = None,
-                 all_reduce_mean: Callable[[Tensor], Tensor] | None = None, window: int = FROZEN_STEPS):
+                 window: int = FROZEN_STEPS):
         self.pwtp, self.segments = pwtp, segments
         self.normalize = normalize or (lambda t: t)
-        self.all_reduce_mean = all_reduce_mean
         self.watch = FreezeWatch(window)
         self._sums = torch.zeros(4, dtype=torch.float64)  # floor, forward, antisym, static share
         self._counts = torch.zeros(4, dtype=torch.float64)
-        self._device = torch.device("cpu")  # where the all-reduce runs (the batch's device)
 
     @classmethod
     def for_model(cls, model: nn.Module, **kwargs) -> PWTPMonitor | None:
@@ -154,7 +154,6 @@ class PWTPMonitor:
         z = getattr(out, "hyperplanes", None)
         if z is None:
             return
-        self._device = z.device
         x = fold_segments(self.normalize(clip).float(), self.segments)  # (N*S, C, T, H, W)
         A = self.pwtp.upsample(z.detach().float(), x.shape[-2:])
         w = temporal_weights(A, static=self.pwtp.static)  # (N*S, T, H, W)
@@ -165,13 +164,17 @@ class PWTPMonitor:
         self._sums += torch.where(seen, values, torch.zeros_like(values))
         self._counts += seen.double()
 
-    def end_step(self, alpha: float | None, enopr: float | None, stats: dict | None = None) -> tuple[dict, str | None]:
-        sums, counts = self._sums.clone(), self._counts.clone()
+    def take(self) -> Tensor:
+        """This process's sums and counts since the last step (8 float64 values); starts the next step."""
+        both = torch.cat([self._sums, self._counts])
         self._sums.zero_()
         self._counts.zero_()
-        if self.all_reduce_mean is not None:  # one small all-reduce: the batch of every process
-            both = self.all_reduce_mean(torch.cat([sums, counts]).to(self._device)).cpu()
-            sums, counts = both[:4], both[4:]
+        return both
+
+    def end_step(self, alpha: float | None, enopr: float | None, stats: dict | None,
+                 means: Tensor) -> tuple[dict, str | None]:
+        """The diagnostics of the step and the freeze warning; ``means``: ``take()`` averaged over processes."""
+        sums, counts = means[:4], means[4:]
         means = [float(s / c) if c > 0 else math.nan for s, c in zip(sums, counts)]
         values = {"g1_norm": math.nan, "g2_norm": math.nan, "g_cos": math.nan, **(stats or {}),
                   "enopr_floor": means[0], "da_forward": means[1], "da_antisym": means[2], "static_share": means[3]}

@@ -189,7 +189,7 @@ def run_from_config(cfg, *, resume: bool = False) -> dict:
         result = train(
             model=model, train_dataset=train_set, val_dataset=val_set, optim=o, joint=j, evaluation=e, log=cfg.log,
             checkpoint=cfg.checkpoint, num_workers=d.num_workers, seed=cfg.seed, device=info.device,
-            max_steps=cfg.max_steps, resume=resume, faults=cfg.debug,
+            max_steps=cfg.max_steps, resume=resume,
             meta={"config": config_to_dict(cfg), **({"classes": classes} if classes is not None else {})})
         finished = True
         if info.rank == 0:

@@ -9,9 +9,11 @@ the strategies of ``dynapp.joint`` (MGDA by default).
 
 ``dynapp.engine.run.run_from_config`` is the only place that reads a ``RunConfig``: it builds the
 model and the datasets and calls ``train`` with the typed sections the loop needs (``optim``,
-``joint``, ``evaluation``, ``log``, ``checkpoint``, ``faults``).  ``train`` builds the pieces of a
-run once (``Loop``: model, optimiser, scaler, joint strategy, schedule) and calls
-``train_one_epoch`` per epoch; the joint strategy (``dynapp.joint``) is an object whose
+``joint``, ``evaluation``, ``log``, ``checkpoint``).  ``train`` builds the pieces of a run once
+(``build_loop``: model, optimiser, scaler, joint strategy, schedule; ``Bookkeeping``: logger,
+checkpoints, stop signals) and calls ``train_one_epoch`` per epoch, which reads as one optimiser
+step: micro-batches, the step's statistics (one all-reduce), the update, the log row, a
+checkpoint, the stop checks.  The joint strategy (``dynapp.joint``) is an object whose
 ``phase``/``backward``/``after_backward`` the loop calls without knowing which strategy runs.
 
 Choices where the paper is silent (documented here):
@@ -53,7 +55,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dynapp.config import (
     AMP_DTYPES,
     CheckpointConfig,
-    DebugConfig,
     EvalConfig,
     JointConfig,
     LogConfig,
@@ -79,6 +80,9 @@ __all__ = [
     "NonFiniteLossError",
     "TrainState",
     "Loop",
+    "Bookkeeping",
+    "build_loop",
+    "recognition_loss",
     "lr_at",
     "build_param_groups",
     "freeze_batchnorm",
@@ -105,7 +109,7 @@ class TrainState:
 
 @dataclass
 class Loop:
-    """The pieces every step of a run uses, built once by ``train``."""
+    """The pieces every step of a run uses, built once by ``build_loop``."""
 
     model: nn.Module  # the VideoClassifier, DDP-wrapped under torchrun
     representation: nn.Module  # model.representation (DDP-wrapped where a phase runs it alone)
@@ -119,7 +123,20 @@ class Loop:
     clip_grad_norm: float = 0.0  # 0: no clipping
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
+    frozen_bn: list[nn.Module] = field(default_factory=list)  # BatchNorm layers kept in eval mode (fine-tuning)
     monitor: PWTPMonitor | None = None  # PWTP's training diagnostics (dynapp.joint_diagnostics), None without PWTP
+
+
+@dataclass
+class Bookkeeping:
+    """What follows every optimiser step besides the update: the log row, a checkpoint every
+    ``every_steps`` steps, and the stop checks (``max_steps``, a stop signal on any process)."""
+
+    logger: TrainLogger
+    checkpoints: RunCheckpoints
+    stop: StopSignals
+    every_steps: int = 0  # 0: checkpoints at epoch ends only
+    max_steps: int = 0  # 0: run every epoch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,106 +218,155 @@ class _SkipSampler(Sampler[int]):
 
 
 # ----------------------------------------------------------------------------------------------
-# One epoch.
+# One epoch: micro-batches, then the optimiser step, then its log row, checkpoint and stop checks.
 
 
-def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, *, logger: TrainLogger | None = None,
-                    after_step: Callable[[], bool] | None = None) -> bool:
-    """Train the optimiser steps left in epoch ``state.epoch``; False if ``after_step`` stopped it.
+def train_one_epoch(loop: Loop, loader: DataLoader, state: TrainState, books: Bookkeeping) -> bool:
+    """Train the optimiser steps left in epoch ``state.epoch``; False if the run stops inside it.
 
-    ``after_step()`` runs after every optimiser step (``state.step`` already counts it) and
-    returns True to stop the run there (checkpoints every N steps, ``max_steps``).
+    Each optimiser step: forward and backward of ``loop.accumulation_steps`` micro-batches; the
+    statistics of the step summed over all processes (one all-reduce; a NaN/inf loss on any
+    process raises ``NonFiniteLossError`` before the update); the joint strategy's gradient; the
+    schedule, clipping and update; the log row; a checkpoint every ``books.every_steps`` steps;
+    then the stop checks (``books.max_steps``, a stop signal on any process).
     """
     phase = loop.strategy.phase(state.epoch)
     net = loop.model if phase.run_backbone else loop.representation  # separate: PWTP alone on ENoPR
-    params = [p for g in loop.optimizer.param_groups for p in g["params"]]
-    accumulation = loop.accumulation_steps
-    amp = loop.amp_dtype is not None  # CUDA mixed precision
-    stats = torch.zeros(5, dtype=torch.float64)  # rec, enopr, correct, count, micro-batches
-    micro = 0
-    tic = time.perf_counter()
-    it = iter(loader)  # starts the workers: counted as waiting for data
-    waited = time.perf_counter() - tic  # seconds this optimiser step spent waiting for the loader
-    while state.batch_in_epoch < loop.steps_per_epoch * accumulation:
-        t_wait = time.perf_counter()
-        clip, label = next(it)[:2]
-        waited += time.perf_counter() - t_wait
-        clip = clip.to(loop.device, non_blocking=True)  # (N, C, S*T, H, W)
-        label = torch.as_tensor(label).to(loop.device, non_blocking=True)
-        last_micro = micro + 1 == accumulation
-        no_sync = isinstance(net, DistributedDataParallel) and not last_micro
-        with net.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
-                out = net(clip)
-                logits = out.logits if phase.run_backbone else None
-                rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
-                aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
-            stats += _batch_statistics(rec_loss, aux_loss, logits, label, state)
-            loop.strategy.backward(rec_loss, aux_loss, step=state.step, scale=loop.scaler.scale, divide=accumulation,
-                                   hyperplanes=getattr(out, "hyperplanes", None))
-            if loop.monitor is not None:
-                loop.monitor.observe(clip, out)
+    clock = _StepClock()
+    batches = clock.wait(iter, loader)  # starts the workers: counted as waiting for data
+    micro: list[Tensor] = []  # the statistics of this step's micro-batches
+    while state.batch_in_epoch < loop.steps_per_epoch * loop.accumulation_steps:
+        clip, label = clock.wait(next, batches)[:2]
+        last = len(micro) + 1 == loop.accumulation_steps
+        stats, has_aux = _forward_backward(loop, net, clip, label, step=state.step, sync=last,
+                                           run_backbone=phase.run_backbone)
+        micro.append(stats)
         state.batch_in_epoch += 1
-        micro += 1
-        if not last_micro:
+        if not last:
             continue
-        micro = 0
 
-        # ---- optimiser step (Algorithm 1 for mgda: the strategy sets Theta1's gradient) ----
-        alpha = loop.strategy.after_backward()
-        lr = loop.lr_of_step(state.step)
-        for g in loop.optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        loop.scaler.unscale_(loop.optimizer)
-        max_norm = loop.clip_grad_norm if loop.clip_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not loop.scaler.is_enabled() and not math.isfinite(grad_norm):  # (a float16 scaler skips the step)
-            raise NonFiniteLossError(
-                f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
-                f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
-        loop.scaler.step(loop.optimizer)
-        loop.scaler.update()
-        loop.optimizer.zero_grad(set_to_none=True)
+        totals, pwtp_means = _step_statistics(micro, loop.monitor, state)  # the step's one all-reduce
+        alpha = loop.strategy.after_backward()  # Algorithm 1 for mgda: the strategy sets Theta1's gradient
+        lr, grad_norm = _optimizer_step(loop, state)
         state.step += 1
-
-        row = _log_row(stats, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=time.perf_counter() - tic,
-                       data_seconds=waited, main_loss="rec_loss" if phase.run_backbone else "enopr",
-                       has_aux=aux_loss is not None)
-        if loop.monitor is not None:  # alpha, |g1|, |g2|, ENoPR's floor, DA's direction; a warning if PWTP froze
-            diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats)
-            row.update(diagnostics)
-            if warning and logger is not None:
-                logger.print(warning)
-        if logger is not None:
-            logger.log(row)
-        stats.zero_()
-        waited = 0.0
-        stop = after_step is not None and after_step()
-        tic = time.perf_counter()
-        if stop:
+        row = _log_row(totals, state, lr=lr, alpha=alpha, grad_norm=grad_norm, seconds=clock.seconds(),
+                       data_seconds=clock.waited, main_loss="rec_loss" if phase.run_backbone else "enopr",
+                       has_aux=has_aux)
+        _log_step(loop, books.logger, row, pwtp_means)
+        micro = []
+        if books.every_steps and state.step % books.every_steps == 0:
+            _save(books.checkpoints, state)
+        if (books.max_steps and state.step >= books.max_steps) or books.stop.should_stop(loop.device):  # collective
             return False
+        clock.restart()
     return True
 
 
-def _batch_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: Tensor | None, label: Tensor,
-                      state: TrainState) -> Tensor:
-    """(rec, enopr, correct, count, 1) of one micro-batch over all processes (one small all-reduce),
-    which also tells whether any process saw a non-finite loss (then ``NonFiniteLossError``)."""
+class _StepClock:
+    """The seconds of one optimiser step and the part of them spent waiting for the loader."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.waited = time.perf_counter(), 0.0
+
+    def wait(self, fetch: Callable, loader):
+        """``fetch(loader)`` (``iter``, ``next``), its time counted as waiting for data."""
+        tic = time.perf_counter()
+        value = fetch(loader)
+        self.waited += time.perf_counter() - tic
+        return value
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _forward_backward(loop: Loop, net: nn.Module, clip: Tensor, label, *, step: int, sync: bool,
+                      run_backbone: bool) -> tuple[Tensor, bool]:
+    """Forward and backward of one micro-batch through the joint strategy.
+
+    Returns the micro-batch's statistics on this process (``_micro_statistics``, still on the
+    device) and whether its aux loss applies (alpha and ENoPR; not for RGB).  ``sync=False``:
+    DDP keeps the gradient local (a micro-batch before the last of a step).
+    """
+    clip = clip.to(loop.device, non_blocking=True)  # (N, C, S*T, H, W)
+    label = torch.as_tensor(label).to(loop.device, non_blocking=True)
+    no_sync = isinstance(net, DistributedDataParallel) and not sync
+    amp = loop.amp_dtype is not None  # CUDA mixed precision
+    with net.no_sync() if no_sync else contextlib.nullcontext():
+        with torch.autocast(loop.device.type, dtype=loop.amp_dtype or torch.float16, enabled=amp):
+            out = net(clip)
+            logits = out.logits if run_backbone else None
+            rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
+            aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
+        stats = _micro_statistics(rec_loss, aux_loss, logits, label)
+        loop.strategy.backward(rec_loss, aux_loss, step=step, scale=loop.scaler.scale, divide=loop.accumulation_steps,
+                               hyperplanes=getattr(out, "hyperplanes", None))
+        if loop.monitor is not None:
+            loop.monitor.observe(clip, out)
+    return stats, aux_loss is not None
+
+
+def _micro_statistics(rec_loss: Tensor | None, aux_loss: Tensor | None, logits: Tensor | None,
+                      label: Tensor) -> Tensor:
+    """(rec, enopr, correct, count, non-finite) of one micro-batch on this process, float64 on
+    the batch's device (no synchronisation: the step reads them once, after its last micro-batch)."""
+    zero = torch.zeros((), dtype=torch.float64, device=label.device)
+    rec = rec_loss.detach().double() if rec_loss is not None else zero
+    aux = aux_loss.detach().double() if aux_loss is not None else zero
+    correct = (logits.argmax(1) == label).sum().double() if logits is not None else zero
+    count = torch.full((), float(label.numel()), dtype=torch.float64, device=label.device)
+    non_finite = (~torch.isfinite(rec) | ~torch.isfinite(aux)).double()
+    return torch.stack([rec, aux, correct, count, non_finite])
+
+
+def _step_statistics(micro: list[Tensor], monitor: PWTPMonitor | None,
+                     state: TrainState) -> tuple[Tensor, Tensor | None]:
+    """The statistics of one optimiser step over all processes: one all-reduce of one packed tensor.
+
+    Returns (rec, enopr, correct, count, micro-batches) -- the losses are process means, summed
+    micro-batch by micro-batch -- and PWTP's diagnostics (``monitor.take()`` averaged over
+    processes; None without PWTP).  A non-finite loss on any process raises
+    ``NonFiniteLossError`` (naming the first such micro-batch) before the update.
+    """
     world = get_world_size()
-    finite = all(bool(torch.isfinite(loss)) for loss in (rec_loss, aux_loss) if loss is not None)
-    local = torch.tensor([
-        float(rec_loss.detach()) if rec_loss is not None else 0.0,
-        float(aux_loss.detach()) if aux_loss is not None else 0.0,
-        float((logits.argmax(1) == label).sum()) if logits is not None else 0.0,
-        float(label.numel()),
-        0.0 if finite else 1.0,
-    ], dtype=torch.float64)
-    total = all_reduce_sum(local.to(label.device)).cpu()
-    if total[4] > 0:
+    losses = torch.stack(micro)  # (micro-batches, 5): rec, enopr, correct, count, non-finite
+    pwtp = monitor.take().to(losses.device) if monitor is not None else losses.new_zeros(0)
+    packed = all_reduce_sum(torch.cat([losses.flatten(), pwtp])).cpu()
+    total, pwtp_means = packed[:losses.numel()].view(losses.shape), packed[losses.numel():] / world
+    bad = [i for i, row in enumerate(total) if row[4] > 0]
+    if bad:
+        batch = state.batch_in_epoch - len(micro) + bad[0]
         raise NonFiniteLossError(
-            f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
+            f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, batch {batch}); "
             f"run stopped, last good checkpoint: {state.last_checkpoint or 'none written yet'}")
-    return torch.tensor([total[0] / world, total[1] / world, total[2], total[3], 1.0], dtype=torch.float64)
+    stats = torch.zeros(5, dtype=torch.float64)
+    for row in total:
+        stats += torch.tensor([row[0] / world, row[1] / world, row[2], row[3], 1.0], dtype=torch.float64)
+    return stats, pwtp_means if monitor is not None else None
+
+
+def _optimizer_step(loop: Loop, state: TrainState) -> tuple[float, float]:
+    """The schedule's learning rate, unscaling, clipping and the update; returns (lr, grad norm).
+
+    A non-finite gradient in full precision raises ``NonFiniteLossError`` (a float16 scaler
+    skips such a step itself)."""
+    lr = loop.lr_of_step(state.step)
+    for g in loop.optimizer.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+    loop.scaler.unscale_(loop.optimizer)
+    params = [p for g in loop.optimizer.param_groups for p in g["params"]]
+    max_norm = loop.clip_grad_norm if loop.clip_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not loop.scaler.is_enabled() and not math.isfinite(grad_norm):
+        raise NonFiniteLossError(
+            f"non-finite gradient at step {state.step + 1} (epoch {state.epoch}); run stopped, "
+            f"last good checkpoint: {state.last_checkpoint or 'none written yet'}")
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return lr, grad_norm
 
 
 def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_norm: float, seconds: float,
@@ -325,6 +391,16 @@ def _log_row(stats: Tensor, state: TrainState, *, lr: float, alpha: float, grad_
     return row
 
 
+def _log_step(loop: Loop, logger: TrainLogger, row: dict, pwtp_means: Tensor | None) -> None:
+    """Log one optimiser step: PWTP's diagnostics added to ``row`` (a warning if PWTP froze), then the row."""
+    if loop.monitor is not None:  # alpha, |g1|, |g2|, ENoPR's floor, DA's direction
+        diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats, pwtp_means)
+        row.update(diagnostics)
+        if warning:
+            logger.print(warning)
+    logger.log(row)
+
+
 # ----------------------------------------------------------------------------------------------
 # The whole run.
 
@@ -345,16 +421,15 @@ def train(
     max_steps: int = 0,
     resume: bool = False,
     meta: dict | None = None,
-    faults: DebugConfig | None = None,
 ) -> dict:
     """Train ``model`` (a ``VideoClassifier``) and evaluate it; returns the last evaluation result.
 
     The config sections (``dynapp.config``; defaults where None) say how: ``optim`` the recipe,
     ``joint`` the strategy (``dynapp.joint.STRATEGIES``), ``evaluation`` when and how to
     evaluate, ``log`` the output folder (``log.out_dir``) and the logs, ``checkpoint`` what to
-    save, ``faults`` the fault injection of the tests.  ``meta``: extra entries of every
-    checkpoint (the builder stores ``config``, the run config as a dict, and ``classes``, the
-    class names of the training set).  ``max_steps`` (> 0) stops after that many optimiser steps.
+    save.  ``meta``: extra entries of every checkpoint (the builder stores ``config``, the run
+    config as a dict, and ``classes``, the class names of the training set).  ``max_steps``
+    (> 0) stops after that many optimiser steps.
 
     Call inside an initialised process group (``init_distributed``) for multi-process runs.
     Files in ``log.out_dir``: ``checkpoints/last.pt`` (and ``epoch_XXX.pt``), ``checkpoints/best.pt``
@@ -364,95 +439,114 @@ def train(
     position, RNG states).
     """
     joint, evaluation = joint or JointConfig(), evaluation or EvalConfig()
-    log, checkpoint, faults = log or LogConfig(), checkpoint or CheckpointConfig(), faults or DebugConfig()
-    rank, device, out_dir = get_rank(), device or torch.device("cpu"), Path(log.out_dir)
+    log, checkpoint = log or LogConfig(), checkpoint or CheckpointConfig()
+    device, out_dir = device or torch.device("cpu"), Path(log.out_dir)
     per_process = _per_process_batch(optim.batch_size, optim.accumulation_steps)
     sampler = train_sampler(train_dataset, seed=seed)
-    steps_per_epoch = len(sampler) // per_process // optim.accumulation_steps
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training set ({len(train_dataset)} items) is smaller than one global batch "
-                         f"({optim.batch_size})")
+    steps_per_epoch = _steps_per_epoch(len(sampler), per_process, optim, len(train_dataset))
     total_steps = optim.epochs * steps_per_epoch
 
     model.to(device)
-    strategy = build_strategy(joint.strategy, theta1_parameters(model), total_steps=total_steps,
-                              all_reduce_mean=all_reduce_mean if is_distributed() else None,
-                              **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
-    frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
-    optimizer = build_optimizer(model, optim)
-    amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bfloat16 needs no scaling
-    checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=optimizer, scaler=scaler,
+    loop = build_loop(model, optim, joint, device=device, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    checkpoints = RunCheckpoints(out_dir / "checkpoints", model=model, optimizer=loop.optimizer, scaler=loop.scaler,
                                  enabled=checkpoint.enabled, meta={"total_steps": total_steps, **(meta or {})})
     state = _resume(checkpoints, total_steps) if resume else _fresh(checkpoints)
-    pwtp_alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate's first phase
-    loop = Loop(
-        model=_ddp(model, device),
-        representation=_ddp(model.representation, device) if pwtp_alone else model.representation,
-        criterion=_criterion(optim.label_smoothing, state, nan_at_step=faults.nan_at_step),
-        optimizer=optimizer, scaler=scaler, strategy=strategy,
-        lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
-        accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm,
-        device=device, amp_dtype=amp_dtype,
-        monitor=PWTPMonitor.for_model(model, all_reduce_mean=all_reduce_mean if is_distributed() else None))
-
-    def save(epoch_file: bool = False) -> None:  # collective
-        path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
-                                epoch_file=epoch_file)
-        if path is not None:
-            state.last_checkpoint = str(path)
-
-    def after_step() -> bool:  # after every optimiser step; True stops the run
-        if faults.sleep_per_step > 0:
-            time.sleep(faults.sleep_per_step)
-        if checkpoint.every_steps and state.step % checkpoint.every_steps == 0:
-            save()
-        return bool(max_steps and state.step >= max_steps) or stop.should_stop(device)  # collective
-
-    def validate() -> dict:
-        result = evaluate(model, val_dataset, device=device, batch_size=evaluation.batch_size,
-                          num_workers=num_workers, amp=amp_dtype == torch.float16)
-        return {**result, "epoch": state.epoch, "step": state.step}
-
-    logger = TrainLogger(out_dir, rank=rank, csv_log=log.csv, tensorboard=log.tensorboard, start_step=state.step,
-                         progress=log.progress, every_steps=log.every_steps, total_steps=total_steps,
-                         steps_per_epoch=steps_per_epoch,
+    logger = TrainLogger(out_dir, rank=get_rank(), csv_log=log.csv, tensorboard=log.tensorboard,
+                         start_step=state.step, progress=log.progress, every_steps=log.every_steps,
+                         total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                          checkpoint_dir=checkpoints.folder if checkpoint.enabled else None)
-    evals = EvalLog(out_dir, rank=rank, start_step=state.step, last=checkpoints.last if checkpoint.enabled else None)
+    evals = EvalLog(out_dir, rank=get_rank(), start_step=state.step,
+                    last=checkpoints.last if checkpoint.enabled else None)
     result: dict = {}
     stop = StopSignals().install()  # SIGTERM/SIGUSR1/Ctrl-C: finish the step, checkpoint, raise Preempted
+    books = Bookkeeping(logger=logger, checkpoints=checkpoints, stop=stop, every_steps=checkpoint.every_steps,
+                        max_steps=max_steps)
     try:
-        finished = True
         while state.epoch < optim.epochs:
-            set_train_mode(model, frozen_bn=frozen_bn, freeze_representation=not strategy.phase(state.epoch).train_theta1)
+            set_train_mode(model, frozen_bn=loop.frozen_bn,
+                           freeze_representation=not loop.strategy.phase(state.epoch).train_theta1)
             loader = _epoch_loader(train_dataset, sampler, state, batch_size=per_process, num_workers=num_workers,
                                    seed=seed, device=device)
-            finished = train_one_epoch(loop, loader, state, logger=logger, after_step=after_step)
-            if not finished:
-                if not (checkpoint.every_steps and state.step % checkpoint.every_steps == 0):
-                    save()
-                if stop.stopped:
-                    error = stop.error(state.step, total_steps, checkpoints.last if checkpoint.enabled else None)
-                    logger.print(str(error))
-                    raise error
-                break
+            if not train_one_epoch(loop, loader, state, books):
+                _stopped_inside_epoch(books, state, total_steps)  # Preempted after a stop signal
+                return result
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            save(epoch_file=checkpoint.keep_every_epoch)
-            due = evaluation.every_epochs and (state.epoch % evaluation.every_epochs == 0)
+            _save(checkpoints, state, epoch_file=checkpoint.keep_every_epoch)
+            due = evaluation.every_epochs and state.epoch % evaluation.every_epochs == 0
             if val_dataset is not None and (due or state.epoch == optim.epochs):
-                result = validate()
-                if rank == 0:
-                    write_json(result, out_dir / "eval.json")
-                    logger.log_eval(result, state.step)
-                    best = evals.add(result, epoch=state.epoch, step=state.step)
-                    print(f"epoch {state.epoch} step {state.step}: clip top1 {result['clip']['top1']:.2f} "
-                          f"video top1 {result['video']['top1']:.2f}{' (best so far)' if best else ''}", flush=True)
-        if finished and val_dataset is not None and not result:
-            result = validate()  # resumed after the last epoch ended (nothing left to train): evaluate once
+                result = _validate(model, val_dataset, state, evaluation, num_workers=num_workers, loop=loop)
+                _record_evaluation(result, state, logger, evals, out_dir)
+        if val_dataset is not None and not result:  # resumed after the last epoch ended: evaluate once
+            result = _validate(model, val_dataset, state, evaluation, num_workers=num_workers, loop=loop)
     finally:
         stop.restore()
         logger.close()
     return result
+
+
+def build_loop(model: nn.Module, optim: OptimConfig, joint: JointConfig, *, device: torch.device,
+               steps_per_epoch: int, total_steps: int) -> Loop:
+    """The pieces of a run for ``model`` (already on ``device``): the joint strategy, frozen
+    BatchNorm, the optimiser, the scaler, the schedule, and the DDP wrappers under torchrun."""
+    reduce = all_reduce_mean if is_distributed() else None
+    strategy = build_strategy(joint.strategy, theta1_parameters(model), total_steps=total_steps, all_reduce_mean=reduce,
+                              **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
+    frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
+    optimizer = build_optimizer(model, optim)
+    amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
+    pwtp_alone = any(not strategy.phase(e).run_backbone for e in range(optim.epochs))  # separate's first phase
+    return Loop(
+        model=_ddp(model, device),
+        representation=_ddp(model.representation, device) if pwtp_alone else model.representation,
+        criterion=recognition_loss(optim.label_smoothing), optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),  # bfloat16 needs no scaling
+        strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+        accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm, device=device,
+        amp_dtype=amp_dtype, frozen_bn=frozen_bn, monitor=PWTPMonitor.for_model(model))
+
+
+def recognition_loss(label_smoothing: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """L2, the recognition loss of (logits, labels): cross-entropy with label smoothing."""
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def _save(checkpoints: RunCheckpoints, state: TrainState, *, epoch_file: bool = False) -> None:
+    """Checkpoint the run at ``state`` (collective); remember the file for error messages."""
+    path = checkpoints.save(step=state.step, epoch=state.epoch, batch_in_epoch=state.batch_in_epoch,
+                            epoch_file=epoch_file)
+    if path is not None:
+        state.last_checkpoint = str(path)
+
+
+def _stopped_inside_epoch(books: Bookkeeping, state: TrainState, total_steps: int) -> None:
+    """The run stopped after ``state.step`` (``max_steps`` or a stop signal): checkpoint that step
+    (unless it was just saved); after a stop signal print one line and raise ``Preempted``."""
+    if not (books.every_steps and state.step % books.every_steps == 0):
+        _save(books.checkpoints, state)
+    if books.stop.stopped:
+        checkpoints = books.checkpoints
+        error = books.stop.error(state.step, total_steps, checkpoints.last if checkpoints.enabled else None)
+        books.logger.print(str(error))
+        raise error
+
+
+def _validate(model: nn.Module, val_dataset: Dataset, state: TrainState, evaluation: EvalConfig, *,
+              num_workers: int, loop: Loop) -> dict:
+    """Evaluate ``model`` on ``val_dataset`` (every process takes a share); the result names the epoch and step."""
+    result = evaluate(model, val_dataset, device=loop.device, batch_size=evaluation.batch_size,
+                      num_workers=num_workers, amp=loop.amp_dtype == torch.float16)
+    return {**result, "epoch": state.epoch, "step": state.step}
+
+
+def _record_evaluation(result: dict, state: TrainState, logger: TrainLogger, evals: EvalLog, out_dir: Path) -> None:
+    """On process 0: ``eval.json``, TensorBoard, ``eval_log.csv`` and ``best.pt``, and one console line."""
+    if get_rank() != 0:
+        return
+    write_json(result, out_dir / "eval.json")
+    logger.log_eval(result, state.step)
+    best = evals.add(result, epoch=state.epoch, step=state.step)
+    print(f"epoch {state.epoch} step {state.step}: clip top1 {result['clip']['top1']:.2f} "
+          f"video top1 {result['video']['top1']:.2f}{' (best so far)' if best else ''}", flush=True)
 
 
 def autocast_dtype(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
@@ -507,6 +601,15 @@ def _per_process_batch(batch_size: int, accumulation_steps: int) -> int:
     return per_process
 
 
+def _steps_per_epoch(sampled: int, per_process: int, optim: OptimConfig, dataset_size: int) -> int:
+    """Optimiser steps per epoch: the ``sampled`` items of one process in whole micro-batches and steps."""
+    steps = sampled // per_process // optim.accumulation_steps
+    if steps < 1:
+        raise ValueError(f"the training set ({dataset_size} items) is smaller than one global batch "
+                         f"({optim.batch_size})")
+    return steps
+
+
 def _epoch_loader(dataset: Dataset, sampler, state: TrainState, *, batch_size: int, num_workers: int, seed: int,
                   device: torch.device) -> DataLoader:
     """The loader of epoch ``state.epoch`` from micro-batch ``state.batch_in_epoch`` on (exact resume)."""
@@ -543,16 +646,3 @@ def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
     if not is_distributed():
         return module
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _criterion(label_smoothing: float, state: TrainState, *, nan_at_step: int = 0) -> Callable[[Tensor, Tensor], Tensor]:
-    """Cross-entropy with label smoothing; ``nan_at_step`` (tests): NaN at that step (counted from 1)."""
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if not nan_at_step:
-        return criterion
-
-    def with_fault(logits: Tensor, label: Tensor) -> Tensor:
-        loss = criterion(logits, label)
-        return loss * float("nan") if state.step + 1 == nan_at_step else loss
-
-    return with_fault
