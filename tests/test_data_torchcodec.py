@@ -233,11 +233,17 @@ def test_dataset_with_torchcodec_in_loader_workers_gives_pyav_clips(tmp_path):
     from torch.utils.data import DataLoader
 
     from dynapp.data import build_dataset
+    from dynapp.data.dataset import worker_start_method
 
     root = _folder_dataset(tmp_path)
     kw = dict(train=False, segments=2, frames=2, crop_size=24, num_clips=2)
     ds = {b: build_dataset("folder", root, backend=b, **kw) for b in ("pyav", "torchcodec")}
-    got = {b: [x for batch in DataLoader(d, batch_size=3, num_workers=2) for x in batch[0]] for b, d in ds.items()}
+    assert worker_start_method(ds["pyav"], 2) is None and worker_start_method(ds["pyav"], 0) is None
+    assert worker_start_method(ds["torchcodec"], 2) == "forkserver"  # as the training and evaluation loaders start them
+    assert worker_start_method(ds["torchcodec"], 0) is None
+    got = {b: [x for batch in DataLoader(d, batch_size=3, num_workers=2,
+                                         multiprocessing_context=worker_start_method(d, 2)) for x in batch[0]]
+           for b, d in ds.items()}
     assert len(got["torchcodec"]) == 8 and ds["torchcodec"].num_bad == 0
     for a, b in zip(got["pyav"], got["torchcodec"]):
         assert torch.equal(a, b)

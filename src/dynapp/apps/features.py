@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from dynapp.apps.inference import Recognizer, ViewsDataset, first_item
 from dynapp.data.catalog import dataset_entry, read_annotations
+from dynapp.data.dataset import worker_start_method
 
 __all__ = ["dataset_videos", "feature_name", "extract_features"]
 
@@ -90,8 +91,9 @@ def extract_features(recognizer: Recognizer, paths: list[Path], out_dir: str | o
             not save_frames or (out / "frames" / f"{names[i]}.npy").is_file())
 
     todo = [i for i in range(len(paths)) if not finished(i)]
-    loader = DataLoader(ViewsDataset([paths[i] for i in todo], recognizer.preprocessing, views), batch_size=1,
-                        collate_fn=first_item, num_workers=workers)
+    views_set = ViewsDataset([paths[i] for i in todo], recognizer.preprocessing, views)
+    loader = DataLoader(views_set, batch_size=1, collate_fn=first_item, num_workers=workers,
+                        multiprocessing_context=worker_start_method(views_set, workers))
     failed: dict[int, str] = {}
     with torch.no_grad():
         for j, clips, error in tqdm(loader, total=len(todo), desc="features", unit="video", disable=not progress):

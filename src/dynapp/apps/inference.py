@@ -201,6 +201,7 @@ class ViewsDataset(Dataset):
 
     def __init__(self, paths: list[Path], preprocessing: dict, views: tuple[int, int] | None):
         self.paths, self.pre, self.views = paths, preprocessing, views
+        self.backend = preprocessing.get("backend", "pyav")  # read by worker_start_method
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dynapp.apps.inference import Recognizer, ViewsDataset, first_item, read_views
+from dynapp.data.dataset import worker_start_method
 from dynapp.data.decode import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -99,8 +100,9 @@ def predict_videos(recognizer: Recognizer, paths: list[Path], *, topk: int = 5, 
     """
     from tqdm.auto import tqdm
 
-    loader = DataLoader(ViewsDataset(paths, recognizer.preprocessing, views), batch_size=1, collate_fn=first_item,
-                        num_workers=workers)
+    views_set = ViewsDataset(paths, recognizer.preprocessing, views)
+    loader = DataLoader(views_set, batch_size=1, collate_fn=first_item, num_workers=workers,
+                        multiprocessing_context=worker_start_method(views_set, workers))
     results: list[dict] = [{}] * len(paths)
     for i, clips, error in tqdm(loader, total=len(paths), desc="predict", unit="video", disable=not progress):
         if error is None:

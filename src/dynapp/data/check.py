@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
+from dynapp.data.dataset import worker_start_method
 from dynapp.data.decode import VideoDecodeError, count_frames, open_video
 
 __all__ = ["CheckResult", "check_video", "check_dataset"]
@@ -83,10 +84,9 @@ def check_dataset(
     from tqdm.auto import tqdm
 
     unique = list(dict.fromkeys(Path(p) for p in paths))
-    loader = DataLoader(
-        _Scan(unique, min_frames, quick, backend), batch_size=None, num_workers=workers,
-        collate_fn=_first, shuffle=False,
-    )
+    scan = _Scan(unique, min_frames, quick, backend)
+    loader = DataLoader(scan, batch_size=None, num_workers=workers, collate_fn=_first, shuffle=False,
+                        multiprocessing_context=worker_start_method(scan, workers))
     return list(tqdm(loader, total=len(unique), desc="check-data", unit="video", disable=not progress))
 
 

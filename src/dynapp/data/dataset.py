@@ -42,7 +42,8 @@ from dynapp.data.transforms import (
     to_contiguous,
 )
 
-__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "flip_label_map", "TRAIN_CROPS", "DTYPES"]
+__all__ = ["VideoDataset", "BadItem", "BadVideoWarning", "build_dataset", "flip_label_map", "worker_start_method",
+           "TRAIN_CROPS", "DTYPES"]
 
 TRAIN_CROPS = ("multiscale", "random_resized")
 DTYPES = ("uint8", "float32")
@@ -317,6 +318,22 @@ def flip_label_map(pairs: Sequence[Sequence[str]], classes: Sequence[str]) -> di
             raise ValueError(f"data.flip_pairs: a class is in two pairs ({pair!r})")
         out[a], out[b] = b, a
     return out
+
+
+def worker_start_method(dataset, num_workers: int) -> str | None:
+    """How a DataLoader's workers over ``dataset`` start (``DataLoader(multiprocessing_context=...)``).
+
+    ``"forkserver"`` for the torchcodec backend: a worker forked from a training process that
+    has threads (TensorBoard, progress bars, earlier loaders) and has decoded with torchcodec
+    could hang in its first decode (a lock held by another thread at the fork is never released
+    in the child; seen intermittently in the test suite).  Fork-server workers start from a clean
+    single-threaded process.  None (the platform's default, fork on Linux) for PyAV and frame
+    folders, and with no workers.
+    """
+    inner = getattr(dataset, "dataset", dataset)  # through wrappers such as IndexedDataset
+    if num_workers > 0 and getattr(inner, "backend", "pyav") == "torchcodec":
+        return "forkserver"
+    return None
 
 
 def build_dataset(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dynapp.data.dataset import worker_start_method
 from dynapp.engine.distributed import ExactShardSampler, all_gather_objects
 from dynapp.engine.preempt import ignore_stop_signals
 
@@ -163,7 +164,8 @@ def evaluate(
     # (dropout of the steps after it), or a run resumed past an evaluation would diverge
     loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=ExactShardSampler(dataset),
                         num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator(),
-                        worker_init_fn=ignore_stop_signals)
+                        worker_init_fn=ignore_stop_signals,
+                        multiprocessing_context=worker_start_method(dataset, num_workers))
     local = collect_scores(model, loader, device=device, amp=amp)
     parts = all_gather_objects(local)
     parts = [p for p in parts if p[3].numel() > 0]

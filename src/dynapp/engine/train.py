@@ -60,6 +60,7 @@ from dynapp.config import (
     LogConfig,
     OptimConfig,
 )
+from dynapp.data.dataset import worker_start_method
 from dynapp.engine.checkpoint import RunCheckpoints
 from dynapp.engine.distributed import (
     all_reduce_mean,
@@ -619,6 +620,7 @@ def _epoch_loader(dataset: Dataset, sampler, state: TrainState, *, batch_size: i
     return DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
                       sampler=_SkipSampler(sampler, state.batch_in_epoch * batch_size),
                       pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=ignore_stop_signals,
+                      multiprocessing_context=worker_start_method(dataset, num_workers),
                       generator=torch.Generator().manual_seed(seed * 100_003 + state.epoch * 1_009 + get_rank()))
 
 
