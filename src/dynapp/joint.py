@@ -503,18 +503,18 @@ class MGDA(_TwoGradients):
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         self.normalize = normalize
         if normalize == "l2" and self.theta1:
-            warnings.warn(_L2_NOTE, stacklevel=3)
+            warnings.warn(self.l2_note, stacklevel=3)
+
+    #: What ``normalize="l2"`` amounts to (a warning at construction).
+    l2_note = ("joint.normalize=l2 gives alpha = 0.5 at every step (Eq. 12 on two unit vectors): it is "
+               "joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full")
 
     def choose_alpha(self, g1, g2):
         l1, l2 = _step_losses(self.state, self.normalize, self.all_reduce_mean)
         return normalized_alpha(gram(g1, g2), normalize=self.normalize, l1=l1, l2=l2)
 
 
-_L2_NOTE = ("joint.normalize=l2 gives alpha = 0.5 at every step (Eq. 12 on two unit vectors): it is "
-            "joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full")
-
-
-class MGDAUB(_TwoGradients):
+class MGDAUB(MGDA):
     """MGDA-UB (Sener and Koltun 2018, Section 3.3): alpha from the gradients of L1 and L2 w.r.t.
     PWTP's hyperplanes ``z`` (``normalize``: none, loss, loss+), clamped to ``SENER_KOLTUN_CLAMP``;
     Theta1 along ``alpha g1 + (1 - alpha) g2`` (parameter gradients), Theta2 along grad L2.
@@ -525,15 +525,7 @@ class MGDAUB(_TwoGradients):
     """
 
     uses_hyperplanes = True
-
-    def __init__(self, theta1: Sequence[Tensor], *, normalize: str = "none",
-                 all_reduce_mean: Callable[[Tensor], Tensor] | None = None, **_options):
-        super().__init__(theta1, all_reduce_mean=all_reduce_mean)
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
-        self.normalize = normalize
-        if normalize == "l2" and self.theta1:
-            warnings.warn(_L2_NOTE.replace("Eq. 12", "the min-norm point"), stacklevel=3)
+    l2_note = MGDA.l2_note.replace("Eq. 12", "the min-norm point")
 
     def choose_alpha(self, g1, g2):
         d = self.state.hyperplane_gram
