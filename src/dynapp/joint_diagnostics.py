@@ -29,8 +29,9 @@ optimiser step logs, beside ``alpha`` and ``enopr``:
 :class:`FreezeWatch` turns the log into one warning line when PWTP stops moving: alpha pinned near
 1 (its mean over ``window`` steps) and ENoPR at the constant-A floor for all of them (the failure of Eq. 12 when
 ``|g1|`` becomes much smaller than ``|g2|``); the line names the option to change.
-:class:`PWTPMonitor` holds both for the training loop: ``observe`` per micro-batch, ``end_step``
-per optimiser step.
+:class:`PWTPMonitor` holds both for the training loop: ``observe`` per micro-batch (the filter's direction and the
+static share on its first :data:`MONITOR_CLIPS` clips, enough to follow them at a small cost),
+``end_step`` per optimiser step.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ DIAGNOSTICS = ("g1_norm", "g2_norm", "g_cos", "enopr_floor", "da_forward", "da_a
 FROZEN_ALPHA = 0.98  # a mean alpha over the window at or above this is "pinned near 1"
 FLOOR_RTOL = 0.02  # ENoPR within 2% of the constant-A floor is "at the floor"
 FROZEN_STEPS = 20  # the window of steps both must hold over
+MONITOR_CLIPS = 4  # da_forward, da_antisym and static_share are measured on the first clips of each micro-batch
 
 
 def enopr_floor(x: Tensor) -> Tensor:
@@ -155,11 +157,14 @@ class PWTPMonitor:
         if z is None:
             return
         x = fold_segments(self.normalize(clip).float(), self.segments)  # (N*S, C, T, H, W)
-        A = self.pwtp.upsample(z.detach().float(), x.shape[-2:])
-        w = temporal_weights(A, static=self.pwtp.static)  # (N*S, T, H, W)
+        floor = float(enopr_floor(x).mean())  # the whole micro-batch, as the logged ENoPR
+        m = min(x.shape[0], MONITOR_CLIPS * self.segments)  # the first clips' segments: the filter's shape
+        x = x[:m]
+        A = self.pwtp.upsample(z.detach()[:m].float(), x.shape[-2:])
+        w = temporal_weights(A, static=self.pwtp.static)  # (m, T, H, W)
         forward, antisym = filter_direction(w, x)
         share = float(leakage_from_weights(w, x).static_share.mean())
-        values = torch.tensor([float(enopr_floor(x).mean()), forward, antisym, share], dtype=torch.float64)
+        values = torch.tensor([floor, forward, antisym, share], dtype=torch.float64)
         seen = torch.isfinite(values)
         self._sums += torch.where(seen, values, torch.zeros_like(values))
         self._counts += seen.double()

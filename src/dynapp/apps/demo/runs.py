@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dynapp.apps.demo.config import DemoConfig, data_kwargs, run_config
+from dynapp.apps.demo.config import DEFAULT_JOINT, DemoConfig, data_kwargs, run_config
 from dynapp.config import RunConfig
 
 
@@ -102,8 +102,9 @@ def fit(model, train_set, run: RunConfig) -> None:
 
 
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
-                       strategy: str = "mgda", alpha: float = 0.5, normalize: str = "none",
-                       backbone_grad: str = "weighted", rank: int | None = None, val_set=None) -> dict:
+                       strategy: str = DEFAULT_JOINT[0], alpha: float = DEFAULT_JOINT[1],
+                       normalize: str = DEFAULT_JOINT[2], backbone_grad: str = DEFAULT_JOINT[3],
+                       rank: int | None = None, val_set=None) -> dict:
     """Train ``cfg.backbone`` on demo input ``rep`` with the project's training loop, then evaluate it
     on ``test_set`` (``accuracy``) and, if given, on ``val_set`` (``val_accuracy``, for choices)."""
     from dynapp.apps.flops import model_flops
@@ -135,7 +136,8 @@ def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_di
         "input": rep, "backbone": cfg.backbone, "accuracy": 100.0 * float((pred == label).float().mean()),
         "enopr": enopr, "params": cost.params, "gflops": cost.gflops, "train_s": train_s, "steps": len(log),
         "confusion": confusion.tolist(), "log": log, "strategy": strategy if da else None,
-        "normalize": normalize if da and strategy == "mgda" else None,
+        "normalize": normalize if da and strategy in ("mgda", "mgda_ub") else None,
+        "joint": (strategy, alpha, normalize, backbone_grad) if da else None,
         "alpha_mean": statistics.fmean(alphas) if da and alphas else None,
         "alpha_end": statistics.fmean(tail) if da and alphas else None,
         "val_accuracy": _accuracy(model, val_set) if val_set is not None else None,
