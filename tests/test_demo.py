@@ -202,3 +202,33 @@ def test_every_demo_run_is_a_valid_run_config():
     for strategy, alpha, normalize, backbone_grad in JOINT_STRATEGIES:
         validate(run_config(cfg, "pwtp", out_dir="unused", seed=0, strategy=strategy, alpha=alpha,
                             normalize=normalize, backbone_grad=backbone_grad))
+
+
+def test_demo_jobs_give_the_same_results_as_one_process(tmp_path):
+    """Runs trained two at a time in worker processes equal those trained one after another here."""
+    tiny = ["--quick", "--num-train", "16", "--num-test", "16", "--epochs", "1", "--size", "16", "--inputs", "rgb,pwtp"]
+    got = {}
+    for jobs in ("1", "2"):
+        res = runner.invoke(app, ["demo", *tiny, "--jobs", jobs, "--out", str(tmp_path / jobs), "--study", "frames"])
+        assert res.exit_code == 0, res.output
+        data = json.loads((tmp_path / jobs / "results.json").read_text())
+        assert data["jobs"] == int(jobs)
+        got[jobs] = ({s: {rep: (r["val_accuracy"], r["accuracy"], r["enopr"], r["log"][-1]["loss"]) for rep, r in res_.items()}
+                      for s, res_ in data["runs"][0]["results"].items()}, data["studies"]["frames"])
+    assert got["1"] == got["2"]
+    res = runner.invoke(app, ["demo", *tiny, "--jobs", "0", "--out", str(tmp_path / "0")])
+    assert res.exit_code == 1 and "--jobs must be >= 1" in res.output
+
+
+def test_demo_from_adds_up_the_joint_study_of_parallel_seeds(tmp_path):
+    tiny = ["--quick", "--num-train", "16", "--num-test", "16", "--epochs", "1", "--size", "16", "--inputs", "pwtp",
+            "--study", "joint", "--jobs", "1"]
+    for s in ("0", "1"):
+        res = runner.invoke(app, ["demo", *tiny, "--seed", s, "--out", str(tmp_path / s)])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["demo", "--from", f"{tmp_path / '0'},{tmp_path / '1'}", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "m" / "results.json").read_text())["studies"]["joint"]
+    assert sorted({r["seed"] for r in rows}) == [0, 1] and len(rows) == 2 * 2 * 6
+    res = runner.invoke(app, ["demo", "--from", f"{tmp_path / '0'},{tmp_path / '0'}", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "Traceback" not in res.output

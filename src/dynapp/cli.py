@@ -349,8 +349,10 @@ def demo(
     study: str = typer.Option(None, "--study", help="also run a comma list of 'joint' (Table 5), 'frames' (Table 4b), "
                               "'backbones' (small_tsm, small2d, small3d)"),
     backbone: str = typer.Option(None, "--backbone", help="small_tsm (default: temporal, the paper's protocol), small2d, small3d"),
-    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core CPU)"),
-    inputs: str = typer.Option(None, "--inputs", help="comma list of rgb,rgb_diff,dynamic_image,pwtp"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per run (1 is fastest on a shared 2-core CPU)"),
+    jobs: int = typer.Option(None, "--jobs", help="runs trained at once, one process each (default: 2, or 1 on a "
+                             "1-core machine); the results do not depend on it"),
+    inputs: str = typer.Option(None, "--inputs", help="comma list of rgb,rgb_diff,dynamic_image,pwtp,pwtp_remove"),
     epochs: int = typer.Option(None, "--epochs", help="override the epochs"),
     num_train: int = typer.Option(None, "--num-train", help="override the training clips per setting"),
     num_test: int = typer.Option(None, "--num-test", help="override the test clips"),
@@ -365,7 +367,8 @@ def demo(
         if from_runs:
             merge_reports([f.strip() for f in from_runs.split(",") if f.strip()], out=out, echo=typer.echo)
             return
-        cfg = demo_config(quick=quick, threads=threads, inputs=inputs, epochs=epochs, num_train=num_train,
+        jobs = jobs if jobs is not None else min(2, os.cpu_count() or 1)
+        cfg = demo_config(quick=quick, threads=threads, jobs=jobs, inputs=inputs, epochs=epochs, num_train=num_train,
                           num_test=num_test, size=size, backbone=backbone)
         run_demo(cfg, out=out, seeds=seeds, seed=seed, study=study, echo=typer.echo)
     except (ValueError, OSError) as err:

@@ -55,6 +55,7 @@ class DemoConfig:
     inputs: tuple = INPUTS
     settings: tuple = SETTINGS
     threads: int = 1
+    jobs: int = 1  # runs trained at once, each in its own process (results do not depend on it)
     extra: dict = field(default_factory=dict)
 
 
@@ -62,14 +63,17 @@ class DemoConfig:
 QUICK = dict(num_train=96, num_val=48, num_test=48, epochs=2, size=24, widths=(16, 32, 32, 32))
 
 
-def demo_config(*, quick: bool = False, threads: int = 1, inputs: str | None = None, **overrides) -> DemoConfig:
+def demo_config(*, quick: bool = False, threads: int = 1, jobs: int = 1, inputs: str | None = None,
+                **overrides) -> DemoConfig:
     """The default (or ``quick``) config with the command line's overrides (None: keep)."""
     cfg = DemoConfig(**QUICK) if quick else DemoConfig()
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     if overrides.get("backbone") not in (None, *DEMO_BACKBONES):
         raise ValueError(f"--backbone: unknown {overrides['backbone']!r}; choose from {', '.join(DEMO_BACKBONES)}")
-    cfg = replace(cfg, threads=threads, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(cfg, threads=threads, jobs=jobs, **{k: v for k, v in overrides.items() if v is not None})
     if inputs:
         names = tuple(n.strip() for n in inputs.split(",") if n.strip())
         unknown = [n for n in names if n not in INPUTS]

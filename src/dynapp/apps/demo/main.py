@@ -11,7 +11,8 @@ import torch
 from dynapp.apps.demo.config import INPUTS, DemoConfig, parse_studies
 from dynapp.apps.demo.figures import draw_figures
 from dynapp.apps.demo.report import finish
-from dynapp.apps.demo.runs import build_demo_data, build_demo_val, train_and_evaluate
+from dynapp.apps.demo.pool import Run, Runner
+from dynapp.apps.demo.runs import demo_data
 from dynapp.apps.demo.studies import run_study
 
 
@@ -33,39 +34,37 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
     wall = time.perf_counter()
     runs = []
     studies: dict[str, list] = {}
+
+    def done(run: Run, r: dict) -> None:
+        echo(f"seed {run.seed} {run.setting:<8} {run.rep:<14} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
+             f"train {r['train_s']:.0f} s ({r['steps']} steps)")
+
     try:
-        for k in range(seeds):
-            s = seed + k
-            train_sets, test_set = build_demo_data(cfg, s)
-            val_set = build_demo_val(cfg, s)
-            tic = time.perf_counter()
-            for held_out in (val_set, test_set):  # generate (and cache) the held-out clips once
-                for i in range(len(held_out)):
-                    held_out.clip_uint8(i)
-            results = {}
-            for setting in cfg.settings:
-                results[setting] = {}
-                for rep in cfg.inputs:
-                    r = train_and_evaluate(cfg, rep, train_sets[setting], test_set, val_set=val_set,
-                                           out_dir=out / "runs" / f"seed{s}" / setting / rep, seed=s)
-                    results[setting][rep] = r
-                    echo(f"seed {s} {setting:<8} {rep:<14} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
-                         f"train {r['train_s']:.0f} s ({r['steps']} steps)")
-            runs.append({"seed": s, "results": results, "data_s": time.perf_counter() - tic})
-            if k == 0:
-                figures = draw_figures(out, cfg, runs[0], test_set)
-                first_data = (train_sets, val_set, test_set)
-            if "joint" in studies_asked:  # every seed: the rule of docs/joint.md averages over seeds
-                echo(f"study joint (seed {s}):")
-                studies.setdefault("joint", []).extend(
-                    run_study(cfg, "joint", s, out, echo, (train_sets, val_set, test_set), results))
-        for name in studies_asked:
-            if name == "joint":
-                continue
-            echo(f"study {name} (seed {seed}):")
-            studies[name] = run_study(cfg, name, seed, out, echo, first_data, runs[0]["results"])
+        with Runner(cfg.jobs, cfg.threads) as runner:
+            for k in range(seeds):
+                s = seed + k
+                tic = time.perf_counter()
+                data = demo_data(cfg, s)
+                for held_out in data[1:]:  # generate (and cache) the held-out clips once
+                    for i in range(len(held_out)):
+                        held_out.clip_uint8(i)
+                main = [Run(cfg, rep, setting, s, out / "runs" / f"seed{s}" / setting / rep)
+                        for setting in cfg.settings for rep in cfg.inputs]
+                results: dict[str, dict] = {setting: {} for setting in cfg.settings}
+                for run, r in zip(main, runner.map(main, done)):
+                    results[run.setting][run.rep] = r
+                runs.append({"seed": s, "results": results, "data_s": time.perf_counter() - tic})
+                if k == 0:
+                    figures = draw_figures(out, cfg, runs[0], data[2])
+                if "joint" in studies_asked:  # every seed: the rule of docs/joint.md averages over seeds
+                    echo(f"study joint (seed {s}):")
+                    studies.setdefault("joint", []).extend(run_study(cfg, "joint", s, out, echo, results, runner))
+            for name in studies_asked:
+                if name == "joint":
+                    continue
+                echo(f"study {name} (seed {seed}):")
+                studies[name] = run_study(cfg, name, seed, out, echo, runs[0]["results"], runner)
         studies = {name: studies[name] for name in studies_asked}
-        del first_data
     finally:
         torch.set_num_threads(old_threads)
     for r in runs:  # drop the models and keep the rest JSON-friendly

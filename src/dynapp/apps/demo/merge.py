@@ -30,7 +30,7 @@ def merge_reports(folders: list[str | os.PathLike], *, out: str | os.PathLike, e
             raise ValueError(f"--from: {path} does not exist (not a finished demo run)")
         loaded.append((Path(f), json.loads(path.read_text())))
     cfg = config_from_json(loaded[0][1]["config"])
-    bench = lambda c: {k: v for k, v in c.items() if k not in ("inputs", "backbone", "threads")}  # noqa: E731
+    bench = lambda c: {k: v for k, v in c.items() if k not in ("inputs", "backbone", "threads", "jobs")}  # noqa: E731
     runs, studies, others, parts = [], {}, {}, []
     for folder, data in loaded:
         if bench(data["config"]) != bench(loaded[0][1]["config"]):
@@ -45,9 +45,15 @@ def merge_reports(folders: list[str | os.PathLike], *, out: str | os.PathLike, e
         elif same_inputs:
             others[data["config"]["backbone"]] = data["runs"][0]["results"]
         for name, rows in data["studies"].items():
-            if name in studies:
+            if name == "joint":  # run on every seed: the rows of distinct seeds add up (the rule needs five)
+                overlap = {r["seed"] for r in studies.get(name, [])} & {r["seed"] for r in rows}
+                if overlap:
+                    raise ValueError(f"--from: the joint study of seed(s) {sorted(overlap)} is in two folders")
+                studies[name] = studies.get(name, []) + rows
+            elif name in studies:
                 raise ValueError(f"--from: study {name!r} is in two folders")
-            studies[name] = rows
+            else:
+                studies[name] = rows
     if not runs:
         raise ValueError(f"--from: no run of {loaded[0][0]}'s backbone and inputs")
     runs.sort(key=lambda r: r["seed"])

@@ -87,7 +87,7 @@ def finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures:
     payload = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                "seeds": [r["seed"] for r in runs], "chance": chance, "summary": rows, "runs": runs,
                "studies": studies, "wall_s": wall_s, "parts": parts, "machine": _machine(), "torch": torch.__version__,
-               "threads": cfg.threads, "figures": figures}
+               "threads": cfg.threads, "jobs": cfg.jobs, "figures": figures}
     if "joint" in studies:
         payload["joint_rule"] = apply_rule(studies["joint"], cfg.settings)
         echo(rule_line(payload["joint_rule"]))
@@ -119,7 +119,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         "construction); ENoPR (Eq. 7) of the test clips, weight sum = mean per-pixel sum of the temporal "
         "weights and training time: unbiased models; params and GFLOPs (multiply-adds) per view.", "",
         f"Wall time {payload['wall_s']:.0f} s on {payload['machine']}, torch {payload['torch']}, "
-        f"{payload['threads']} thread(s)"
+        f"{payload.get('jobs', 1)} run(s) at a time of {payload['threads']} thread(s)"
         + ("." if len(payload["parts"]) == 1 else "; merged from " + ", ".join(
             f"{p['folder']} (seeds {p['seeds']}, {p['wall_s']:.0f} s)" for p in payload["parts"]) + "."), "",
     ]

@@ -33,6 +33,22 @@ def build_demo_val(cfg: DemoConfig, seed: int):
     return SyntheticActions(num_videos=cfg.num_val, train=False, validation=True, **data_kwargs(cfg, seed))
 
 
+_DATA: dict[str, tuple] = {}  # the clips of the last seeds this process used (their cache holds the rendered clips)
+_DATA_KEEP = 2
+
+
+def demo_data(cfg: DemoConfig, seed: int) -> tuple[dict, object, object]:
+    """``({setting: training set}, validation set, test set)`` of seed ``seed``, built once per
+    process and benchmark (the last :data:`_DATA_KEEP` are kept, with the clips they rendered)."""
+    key = repr((data_kwargs(cfg, seed), cfg.num_train, cfg.num_val, cfg.num_test, cfg.scene_bias, tuple(cfg.settings)))
+    if key not in _DATA:
+        while len(_DATA) >= _DATA_KEEP:
+            _DATA.pop(next(iter(_DATA)))
+        train_sets, test_set = build_demo_data(cfg, seed)
+        _DATA[key] = (train_sets, build_demo_val(cfg, seed), test_set)
+    return _DATA[key]
+
+
 def _read_log(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dynapp.apps.demo.config import DEMO_BACKBONES, JOINT_STRATEGIES, SETTINGS, STUDIES, DemoConfig
-from dynapp.apps.demo.runs import build_demo_data, train_and_evaluate
+from dynapp.apps.demo.pool import Run, Runner
 
 
 def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: str = "weighted") -> str:
@@ -27,63 +27,60 @@ def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: s
             + (" full" if full else ""))
 
 
-def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runner: Runner) -> list[dict]:
     """PWTP with every joint-training strategy in every setting (validation and test accuracy)."""
+    arms = [(setting, arm, _strategy_name(*arm)) for setting in cfg.settings for arm in JOINT_STRATEGIES]
+    reused = {}  # (setting, name) -> the seed's pwtp run when it was trained with this (the default) strategy
+    for setting, _, name in arms:
+        main = first.get(setting, {}).get("pwtp")
+        if main is not None and main.get("val_accuracy") is not None and _strategy_name(*main["joint"]) == name:
+            reused[setting, name] = main
+    todo = [Run(cfg, "pwtp", setting, seed, out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"),
+                dict(zip(("strategy", "alpha", "normalize", "backbone_grad"), arm)))
+            for setting, arm, name in arms if (setting, name) not in reused]
+    trained = iter(runner.map(todo))
     rows = []
-    train_sets, val_set, test_set = data
-    for setting in cfg.settings:
-        for strategy, alpha, normalize, backbone_grad in JOINT_STRATEGIES:
-            name = _strategy_name(strategy, alpha, normalize, backbone_grad)
-            main = first.get(setting, {}).get("pwtp")
-            if main is not None and main.get("val_accuracy") is not None and _strategy_name(*main["joint"]) == name:
-                r = main  # the same run: the seed's pwtp input trained with this (the default) strategy
-            else:
-                r = train_and_evaluate(cfg, "pwtp", train_sets[setting], test_set, seed=seed, strategy=strategy,
-                                       alpha=alpha, normalize=normalize, backbone_grad=backbone_grad, val_set=val_set,
-                                       out_dir=out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"))
-            rows.append({"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
-                         "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
-                         "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]})
-            echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
-                 f"ENoPR {r['enopr']:.4f}  static share {r['static_share']:.3f}  "
-                 f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
+    for setting, _, name in arms:
+        r = reused.get((setting, name)) or next(trained)
+        rows.append({"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
+                     "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
+                     "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]})
+        echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
+             f"ENoPR {r['enopr']:.4f}  static share {r['static_share']:.3f}  "
+             f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
     return rows
 
 
-def _frames_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+def _frames_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runner: Runner) -> list[dict]:
     """PWTP on the unbiased data for each T (frames per segment) and D (rank) at the same S*T."""
-    rows = []
     total = cfg.segments * cfg.frames
-    for T in (4, 8):
-        for D in (1, 2, 3):
-            if D >= T or total % T:
-                continue
-            c = replace(cfg, frames=T, segments=total // T, settings=("unbiased",))
-            sets, test = build_demo_data(c, seed)  # no choice is made on this study's test accuracy
-            r = train_and_evaluate(c, "pwtp", sets["unbiased"], test, out_dir=out / "study" / f"T{T}_D{D}",
-                                   seed=seed, rank=D)
-            rows.append({"T": T, "D": D, "S": total // T, "accuracy": r["accuracy"], "enopr": r["enopr"],
-                         "gflops": r["gflops"]})
-            echo(f"  T={T} D={D} S={total // T}: acc {r['accuracy']:.1f}%  ENoPR {r['enopr']:.4f}")
+    grid = [(T, D) for T in (4, 8) for D in (1, 2, 3) if D < T and not total % T]
+    todo = [Run(replace(cfg, frames=T, segments=total // T, settings=("unbiased",)), "pwtp", "unbiased", seed,
+                out / "study" / f"T{T}_D{D}", {"rank": D}) for T, D in grid]
+    rows = []  # no choice is made on this study's test accuracy
+    for (T, D), r in zip(grid, runner.map(todo)):
+        rows.append({"T": T, "D": D, "S": total // T, "accuracy": r["accuracy"], "enopr": r["enopr"],
+                     "gflops": r["gflops"]})
+        echo(f"  T={T} D={D} S={total // T}: acc {r['accuracy']:.1f}%  ENoPR {r['enopr']:.4f}")
     return rows
 
 
-def _backbones_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
+def _backbones_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runner: Runner) -> list[dict]:
     """Every input in every setting with each demo backbone (``first``: the demo backbone's results)."""
+    others = [b for b in DEMO_BACKBONES if b != cfg.backbone]
+    todo = [Run(replace(cfg, backbone=b), rep, setting, seed, out / "study" / "backbones" / b / setting / rep)
+            for b in others for rep in cfg.inputs for setting in cfg.settings]
+    results = {cfg.backbone: first}
+    for run, r in zip(todo, runner.map(todo)):
+        results.setdefault(run.cfg.backbone, {}).setdefault(run.setting, {})[run.rep] = r
+        echo(f"  {run.cfg.backbone:<9} {run.setting:<8} {run.rep:<14} acc {r['accuracy']:5.1f}%  "
+             f"static share {r['static_share']:.3f}")
     rows = []
-    train_sets, _, test_set = data
     for backbone in DEMO_BACKBONES:
-        c = replace(cfg, backbone=backbone)
         for rep in cfg.inputs:
             row = {"backbone": backbone, "input": rep}
             for setting in cfg.settings:
-                if backbone == cfg.backbone:
-                    r = first[setting][rep]
-                else:
-                    r = train_and_evaluate(c, rep, train_sets[setting], test_set, seed=seed,
-                                           out_dir=out / "study" / "backbones" / backbone / setting / rep)
-                    echo(f"  {backbone:<9} {setting:<8} {rep:<14} acc {r['accuracy']:5.1f}%  "
-                         f"static share {r['static_share']:.3f}")
+                r = results[backbone][setting][rep]
                 row[f"acc_{setting}"], row[f"static_{setting}"] = r["accuracy"], r["static_share"]
             rows.append({**row, "params": r["params"], "gflops": r["gflops"]})
     return rows
@@ -92,12 +89,14 @@ def _backbones_study(cfg: DemoConfig, seed: int, out: Path, echo, data, first: d
 _STUDIES = {"joint": _joint_study, "frames": _frames_study, "backbones": _backbones_study}
 
 
-def run_study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, data, first: dict) -> list[dict]:
-    """Study ``study`` (one of :data:`~dynapp.apps.demo.config.STUDIES`) on seed ``seed``'s data
-    ``data`` = (training sets, validation set, test set); ``first``: that seed's results."""
+def run_study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, first: dict,
+              runner: Runner | None = None) -> list[dict]:
+    """Study ``study`` (one of :data:`~dynapp.apps.demo.config.STUDIES`) on seed ``seed``
+    (:func:`dynapp.apps.demo.runs.demo_data`); ``first``: that seed's results;
+    ``runner``: where its runs train (default: one after another in this process)."""
     if study not in _STUDIES:
         raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
-    return _STUDIES[study](cfg, seed, out, echo, data, first)
+    return _STUDIES[study](cfg, seed, out, echo, first, runner or Runner())
 
 
 # The pre-registered rule that chooses the default joint strategy (docs/joint.md): the candidates,
