@@ -87,9 +87,9 @@ def test_demo_study_joint_runs_every_strategy(tmp_path):
     assert 0.001 <= unbiased["mgda_ub loss+"]["alpha_mean"] <= 0.999
     # the arm that is the default strategy is the seed's pwtp run itself, not a second training
     from dynapp.apps.demo.config import DEFAULT_JOINT
-    from dynapp.apps.demo.studies import _strategy_name
+    from dynapp.apps.demo.studies import strategy_name
 
-    default = _strategy_name(*DEFAULT_JOINT)
+    default = strategy_name(*DEFAULT_JOINT)
     main = data["runs"][0]["results"]["unbiased"]["pwtp"]
     assert (unbiased[default]["val_accuracy"], unbiased[default]["accuracy"]) == (main["val_accuracy"], main["accuracy"])
     trained = {p.name for p in (out / "study" / "joint" / "seed0" / "unbiased").iterdir()}
@@ -232,3 +232,27 @@ def test_demo_from_adds_up_the_joint_study_of_parallel_seeds(tmp_path):
     assert sorted({r["seed"] for r in rows}) == [0, 1] and len(rows) == 2 * 2 * 6
     res = runner.invoke(app, ["demo", "--from", f"{tmp_path / '0'},{tmp_path / '0'}", "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_primary_statistic_bootstrap():
+    import numpy as np
+
+    from dynapp.apps.demo.compare import bootstrap_diff, primary_statistic
+
+    # DA 5 points above the better baseline on every seed: diff 5 with a degenerate interval
+    base = np.array([[50.0, 52.0, 48.0, 51.0, 49.0], [60.0, 61.0, 59.0, 62.0, 58.0]])
+    diff, low, high = bootstrap_diff(base[1] + 5.0, base)
+    assert diff == pytest.approx(5.0) and low <= 5.0 <= high and high - low < 6.0
+    assert bootstrap_diff(base[1] + 5.0, base) == (diff, low, high)  # deterministic
+    # noisy seeds: a wider interval that still contains the point estimate
+    noisy = base[1] + np.array([-10.0, 12.0, 3.0, -6.0, 1.0])
+    d2, l2, h2 = bootstrap_diff(noisy, base)
+    assert l2 < d2 < h2 and h2 - l2 > high - low
+    # the maximum is taken on each resample: never below the difference to either baseline alone
+    runs = [{"seed": s, "results": {"unbiased": {"rgb": {"accuracy": base[0, s]}, "dynamic_image": {"accuracy": base[1, s]},
+                                                 "pwtp": {"accuracy": noisy[s]}}}} for s in range(5)]
+    joint = [{"seed": s, "setting": "unbiased", "strategy": "mgda", "accuracy": 20.0} for s in range(4)]
+    rows = primary_statistic(runs, {"joint": joint}, ("unbiased",))
+    by_arm = {r["arm"]: r for r in rows}
+    assert by_arm["pwtp"]["baseline"] == "dynamic_image" and by_arm["pwtp"]["diff"] == pytest.approx(d2)
+    assert by_arm["pwtp mgda"]["seeds"] == 4 and by_arm["pwtp mgda"]["diff"] == pytest.approx(20.0 - base[1, :4].mean())

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from dynapp.apps.demo.config import DemoConfig
+from dynapp.apps.demo.compare import primary_lines, primary_statistic
+from dynapp.apps.demo.config import DEFAULT_JOINT, DemoConfig
 from dynapp.apps.demo.figures import leakage_figure
-from dynapp.apps.demo.studies import apply_rule, rule_line
+from dynapp.apps.demo.studies import strategy_name, apply_rule, rule_line
 
 
 def _mean_sd(values):
@@ -91,6 +92,11 @@ def finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures:
     if "joint" in studies:
         payload["joint_rule"] = apply_rule(studies["joint"], cfg.settings)
         echo(rule_line(payload["joint_rule"]))
+    payload["primary"] = primary_statistic(runs, studies, cfg.settings)
+    if payload["primary"]:
+        echo("DA - max(rgb, dynamic_image), test accuracy points, mean over seeds [95% bootstrap interval over seeds]:")
+        for line in primary_lines(payload["primary"]):
+            echo("  " + line)
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     _write_report(out, cfg, rows, payload, len(runs), figures, studies)
     return payload
@@ -109,7 +115,8 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         f"{cfg.size}x{cfg.size} px, {cfg.segments} segments x {cfg.frames} frames, {cfg.num_train} training / "
         f"{cfg.num_val} validation / {cfg.num_test} test clips, {cfg.epochs} epochs of batch {cfg.batch_size}; {cfg.moving_distractors} swaying "
         f"distractors, actor half-size {cfg.actor_scale[0]}-{cfg.actor_scale[1]} of the frame, shake {cfg.shake} px); "
-        f"backbone {cfg.backbone} for every input; PWTP trained jointly with MGDA (pwtp_remove: PWTP(static='remove')).  Scene-biased setting: training scene from the class's group with "
+        f"backbone {cfg.backbone} for every input; PWTP trained jointly with the default strategy, "
+        f"{strategy_name(*DEFAULT_JOINT)} (pwtp_remove: PWTP(static='remove')).  Scene-biased setting: training scene from the class's group with "
         f"probability {cfg.scene_bias}; test scenes uncorrelated.  Seeds: {payload['seeds']}"
         + (" (mean ± sd)." if seeds > 1 else "."), "",
         format_table(rows, chance=chance, seeds=seeds, markdown=True), "",
@@ -123,6 +130,15 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
         + ("." if len(payload["parts"]) == 1 else "; merged from " + ", ".join(
             f"{p['folder']} (seeds {p['seeds']}, {p['wall_s']:.0f} s)" for p in payload["parts"]) + "."), "",
     ]
+    if payload["primary"]:
+        lines += ["## DA against the better of RGB and the dynamic image", "",
+                  "Test accuracy, mean over seeds; diff = DA - max(rgb, dynamic_image), with its 95% interval from a "
+                  "paired bootstrap over seeds (dynapp.apps.demo.compare).", "",
+                  "| setting | DA arm | DA % | better baseline | its % | diff | 95% interval | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['arm']} | {r['da']:.1f} | {r['baseline']} | {r['baseline_acc']:.1f} | "
+                  f"{r['diff']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['seeds']} |"
+                  for r in payload["primary"]] + [""]
     titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
               "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)",

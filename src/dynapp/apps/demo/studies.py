@@ -20,7 +20,7 @@ from dynapp.apps.demo.config import DEMO_BACKBONES, JOINT_STRATEGIES, SETTINGS, 
 from dynapp.apps.demo.pool import Run, Runner
 
 
-def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: str = "weighted") -> str:
+def strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: str = "weighted") -> str:
     """``constant 0.5``, ``constant 0.5 full`` (the backbone on the full grad L2), ``mgda loss+``, ..."""
     full = backbone_grad == "full" and strategy in ("constant", "scheduler")
     return (strategy + (f" {alpha}" if strategy == "constant" else "") + (f" {normalize}" if normalize != "none" else "")
@@ -29,11 +29,11 @@ def _strategy_name(strategy: str, alpha: float, normalize: str, backbone_grad: s
 
 def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runner: Runner) -> list[dict]:
     """PWTP with every joint-training strategy in every setting (validation and test accuracy)."""
-    arms = [(setting, arm, _strategy_name(*arm)) for setting in cfg.settings for arm in JOINT_STRATEGIES]
+    arms = [(setting, arm, strategy_name(*arm)) for setting in cfg.settings for arm in JOINT_STRATEGIES]
     reused = {}  # (setting, name) -> the seed's pwtp run when it was trained with this (the default) strategy
     for setting, _, name in arms:
         main = first.get(setting, {}).get("pwtp")
-        if main is not None and main.get("val_accuracy") is not None and _strategy_name(*main["joint"]) == name:
+        if main is not None and main.get("val_accuracy") is not None and strategy_name(*main["joint"]) == name:
             reused[setting, name] = main
     todo = [Run(cfg, "pwtp", setting, seed, out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"),
                 dict(zip(("strategy", "alpha", "normalize", "backbone_grad"), arm)))
@@ -101,7 +101,7 @@ def run_study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, first: di
 
 # The pre-registered rule that chooses the default joint strategy (docs/joint.md): the candidates,
 # the strategy that stays the default unless another beats it, the seeds and the margin.
-RULE_CANDIDATES = tuple(_strategy_name(*arm) for arm in JOINT_STRATEGIES)
+RULE_CANDIDATES = tuple(strategy_name(*arm) for arm in JOINT_STRATEGIES)
 # = ("mgda", "mgda_ub loss+", "constant 0.5 full", "constant 0.9 full", "scheduler full", "separate")
 RULE_BASELINE = "mgda"
 RULE_SEEDS = 5
