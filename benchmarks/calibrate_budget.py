@@ -44,14 +44,15 @@ ARMS = {
 }
 
 
-def choose_budget(rows: list[dict], budgets=BUDGETS, gain: float = GAIN) -> dict:
-    """The rule above on ``rows`` ({arm, epochs, seed, val_accuracy}): best(B) and the budget
-    (None while a budget lacks a run of some arm and seed it needs)."""
-    acc: dict[int, dict[str, list[float]]] = {b: {} for b in budgets}
+def choose_budget(rows: list[dict], budgets=BUDGETS, gain: float = GAIN, arms=tuple(ARMS), seeds=SEEDS) -> dict:
+    """The rule above on ``rows`` ({arm, epochs, seed, val_accuracy}): best(B) (None until every
+    arm has a run of every seed at B) and the budget (None while the rule needs a missing best(B))."""
+    acc: dict[int, dict[str, dict[int, float]]] = {b: {a: {} for a in arms} for b in budgets}
     for r in rows:
-        if r["epochs"] in acc:
-            acc[r["epochs"]].setdefault(r["arm"], []).append(r["val_accuracy"])
-    best = {b: max((statistics.fmean(v) for v in per.values()), default=None) for b, per in acc.items()}
+        if r["epochs"] in acc and r["arm"] in arms and r["seed"] in seeds:
+            acc[r["epochs"]][r["arm"]][r["seed"]] = r["val_accuracy"]
+    best = {b: (max(statistics.fmean(v.values()) for v in per.values())
+                if all(len(v) == len(seeds) for v in per.values()) else None) for b, per in acc.items()}
     budget = None
     for b, nxt in zip(budgets, budgets[1:]):
         if best[b] is None or best[nxt] is None:

@@ -256,3 +256,25 @@ def test_primary_statistic_bootstrap():
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["pwtp"]["baseline"] == "dynamic_image" and by_arm["pwtp"]["diff"] == pytest.approx(d2)
     assert by_arm["pwtp mgda"]["seeds"] == 4 and by_arm["pwtp mgda"]["diff"] == pytest.approx(20.0 - base[1, :4].mean())
+
+
+def test_budget_calibration_rule():
+    """benchmarks/calibrate_budget.py: the first budget whose next one gains < 2 points, once complete."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate_budget.py"
+    spec = importlib.util.spec_from_file_location("calibrate_budget", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rows(best_by_budget, budgets=mod.BUDGETS):
+        return [{"arm": arm, "epochs": b, "seed": s, "val_accuracy": best_by_budget[b] - 10.0 * i}
+                for b in budgets for i, arm in enumerate(mod.ARMS) for s in mod.SEEDS]
+
+    assert mod.choose_budget(rows({6: 70, 12: 80, 24: 81.5, 48: 90}))["budget"] == 12  # 12 -> 24 gains < 2
+    assert mod.choose_budget(rows({6: 70, 12: 80, 24: 85, 48: 86}))["budget"] == 24
+    assert mod.choose_budget(rows({6: 70, 12: 80, 24: 85, 48: 90}))["budget"] == 48
+    partial = rows({6: 70, 12: 80, 24: 85, 48: 86})[:-1]  # one run of 48 epochs missing
+    assert mod.choose_budget(partial)["best"][48] is None and mod.choose_budget(partial)["budget"] is None
+    assert mod.choose_budget(rows({6: 70, 12: 80, 24: 85}, budgets=(6, 12, 24)))["budget"] is None
