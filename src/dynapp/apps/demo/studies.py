@@ -38,17 +38,23 @@ def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runne
     todo = [Run(cfg, "pwtp", setting, seed, out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"),
                 dict(zip(("strategy", "alpha", "normalize", "backbone_grad"), arm)))
             for setting, arm, name in arms if (setting, name) not in reused]
-    trained = iter(runner.map(todo))
-    rows = []
-    for setting, _, name in arms:
-        r = reused.get((setting, name)) or next(trained)
-        rows.append({"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
-                     "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
-                     "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]})
+
+    def row(setting: str, name: str, r: dict) -> dict:
         echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
              f"ENoPR {r['enopr']:.4f}  static share {r['static_share']:.3f}  "
-             f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}")
-    return rows
+             f"alpha mean {r['alpha_mean']:.2f} end {r['alpha_end']:.2f}" + ("  (the pwtp run)" if (setting, name) in reused else ""))
+        return {"seed": seed, "setting": setting, "strategy": name, "val_accuracy": r["val_accuracy"],
+                "accuracy": r["accuracy"], "enopr": r["enopr"], "static_share": r["static_share"],
+                "alpha_mean": r["alpha_mean"], "alpha_end": r["alpha_end"]}
+
+    rows = {key: row(*key, r) for key, r in reused.items()}
+
+    def done(run: Run, r: dict) -> None:  # a line as each run finishes
+        name = strategy_name(*(run.options[k] for k in ("strategy", "alpha", "normalize", "backbone_grad")))
+        rows[run.setting, name] = row(run.setting, name, r)
+
+    runner.map(todo, done)
+    return [rows[setting, name] for setting, _, name in arms]
 
 
 def _frames_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runner: Runner) -> list[dict]:
