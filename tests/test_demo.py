@@ -278,3 +278,16 @@ def test_budget_calibration_rule():
     partial = rows({6: 70, 12: 80, 24: 85, 48: 86})[:-1]  # one run of 48 epochs missing
     assert mod.choose_budget(partial)["best"][48] is None and mod.choose_budget(partial)["budget"] is None
     assert mod.choose_budget(rows({6: 70, 12: 80, 24: 85}, budgets=(6, 12, 24)))["budget"] is None
+
+
+def test_joint_summary_means_over_seeds():
+    from dynapp.apps.demo.report import joint_summary
+
+    rows = [{"seed": s, "setting": st, "strategy": n, "val_accuracy": v + s, "accuracy": v - s, "alpha_end": 0.5,
+             "static_share": 0.1, "enopr": 0.6} for n, v in (("mgda", 20.0), ("separate", 40.0))
+            for st in ("unbiased", "biased") for s in range(3)]
+    out = joint_summary(rows)
+    assert [(r["strategy"], r["setting"]) for r in out] == [("mgda", "unbiased"), ("mgda", "biased"),
+                                                           ("separate", "unbiased"), ("separate", "biased")]
+    assert out[0]["val"] == pytest.approx(21.0) and out[0]["test"] == pytest.approx(19.0)
+    assert out[0]["val_sd"] == pytest.approx(1.0) and out[0]["seeds"] == 3 and out[0]["alpha_end"] == 0.5

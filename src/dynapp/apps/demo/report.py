@@ -42,6 +42,23 @@ def summarise(runs: list[dict], cfg: DemoConfig) -> list[dict]:
     return rows
 
 
+def joint_summary(rows: list[dict]) -> list[dict]:
+    """The joint study per (strategy, setting), in the study's order: mean and sd over seeds of the
+    validation and test accuracy, and the means of alpha's last tenth, the static share and ENoPR."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["strategy"], r["setting"]), []).append(r)
+    out = []
+    for (strategy, setting), rs in groups.items():
+        val, val_sd = _mean_sd([r["val_accuracy"] for r in rs])
+        test, test_sd = _mean_sd([r["accuracy"] for r in rs])
+        out.append({"strategy": strategy, "setting": setting, "seeds": len(rs), "val": val, "val_sd": val_sd,
+                    "test": test, "test_sd": test_sd, "alpha_end": _mean_sd([r["alpha_end"] for r in rs])[0],
+                    "static_share": _mean_sd([r["static_share"] for r in rs])[0],
+                    "enopr": _mean_sd([r["enopr"] for r in rs])[0]})
+    return out
+
+
 def _fmt(v, sd=None, digits=1, seeds=1):
     if v is None:
         return "-"
@@ -151,6 +168,15 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
                       + (" " + rule_line(payload["joint_rule"]) + "." if "joint_rule" in payload else ""),
              "frames": "PWTP on the unbiased data, first seed.",
              "backbones": "Every input with each backbone, every setting, first seed; static_*: static share."}
+    if studies.get("joint"):
+        lines += ["## Study: joint, mean ± sd over seeds", "",
+                  "| strategy | setting | seeds | val acc % | test acc % | alpha (last tenth) | static share | ENoPR |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in joint_summary(studies["joint"]):
+            lines.append(f"| {r['strategy']} | {r['setting']} | {r['seeds']} | {_fmt(r['val'], r['val_sd'], 1, 2)} | "
+                         f"{_fmt(r['test'], r['test_sd'], 1, 2)} | {_fmt(r['alpha_end'], None, 2)} | "
+                         f"{_fmt(r['static_share'], None, 3)} | {_fmt(r['enopr'], None, 4)} |")
+        lines.append("")
     for name, rows_ in studies.items():
         keys = list(rows_[0]) if rows_ else []
         cell = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
