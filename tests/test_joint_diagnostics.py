@@ -92,6 +92,33 @@ def test_diagnostics_are_in_train_log_and_a_healthy_run_gives_no_warning(tmp_pat
     assert "stopped learning" not in output
 
 
+def _constant_a_init(path):
+    """A model whose PWTP starts at a constant A (the MLP's last layer outputs 1 everywhere)."""
+    from dynapp.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(representation="pwtp", backbone="small2d", num_classes=4, segments=2, frames=4,
+                        backbone_kwargs={"widths": [8, 8, 8, 8]})
+    with torch.no_grad():
+        model.representation.pwtp.head.weight.zero_()
+        model.representation.pwtp.head.bias.fill_(1.0)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_no_freeze_warning_under_separate_training(tmp_path):
+    # separate trains PWTP on ENoPR alone by design: the same frozen start gives no warning
+    init = _constant_a_init(tmp_path / "constant_a.pt")
+    epochs = FROZEN_STEPS // 4 + 2
+    output, rows = _train(tmp_path / "run", [f"optim.epochs={epochs}", "joint.strategy=separate",
+                                             f"joint.separate_epochs={epochs - 1}", "optim.lr=1e-7",
+                                             "optim.warmup_epochs=0", f"model.init_from={init}"])
+    assert "stopped learning" not in output
+    assert [float(r["alpha"]) for r in rows[:FROZEN_STEPS + 1]] == [1.0] * (FROZEN_STEPS + 1)
+    last_pwtp_step = rows[4 * (epochs - 1) - 1]
+    assert float(last_pwtp_step["enopr"]) == pytest.approx(float(last_pwtp_step["enopr_floor"]), rel=0.02)
+
+
 def test_freeze_warning_fires_on_a_frozen_pwtp(tmp_path):
     from dynapp.model import build_model
 

@@ -407,6 +407,10 @@ class Plain:
     base of the other strategies, which fall back to it when there is nothing to combine.
     """
 
+    # PWTP is meant to learn from L2: a PWTP that stops doing so gets the freeze warning
+    # (dynapp.joint_diagnostics); ``separate`` trains it on L1 alone by design
+    pwtp_learns_from_l2 = True
+
     def __init__(self, theta1: Sequence[Tensor] = (), **_options):
         self.theta1 = list(theta1)
         self.alpha = math.nan
@@ -599,6 +603,8 @@ class Separate(Plain):
     on L2 (alpha 0).  Under data parallelism the caller runs PWTP's phase through a DDP wrapper of
     the representation, so DDP averages Theta1's gradient as it does every other gradient.
     """
+
+    pwtp_learns_from_l2 = False
 
     def __init__(self, theta1: Sequence[Tensor], *, separate_epochs: int = 1, **_options):
         super().__init__(theta1)

@@ -397,7 +397,7 @@ def _log_step(loop: Loop, logger: TrainLogger, row: dict, pwtp_means: Tensor | N
     if loop.monitor is not None:  # alpha, |g1|, |g2|, ENoPR's floor, DA's direction
         diagnostics, warning = loop.monitor.end_step(row["alpha"], row["enopr"], loop.strategy.stats, pwtp_means)
         row.update(diagnostics)
-        if warning:
+        if warning and loop.strategy.pwtp_learns_from_l2:
             logger.print(warning)
     logger.log(row)
 
