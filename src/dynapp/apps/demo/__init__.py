@@ -4,8 +4,8 @@ It generates :mod:`dynapp.data.synthetic` clips (the class is the motion; scenes
 classes), trains the same temporal backbone (``small_tsm`` by default: a small 2D CNN with TSM's
 temporal shift, the paper's protocol of a temporal backbone over the S representation frames;
 ``--backbone small2d`` or ``small3d``) on five inputs -- one RGB frame per segment, RGB
-differences, dynamic images, dynamic appearance (PWTP trained jointly with MGDA, by the project's
-own training loop ``dynapp.engine.train.train``) and leak-free dynamic appearance
+differences, dynamic images, dynamic appearance (PWTP trained jointly with the default joint
+strategy, by the project's own training loop ``dynapp.engine.train.train``) and leak-free dynamic appearance
 (``PWTP(static="remove")``: each pixel's temporal weights sum to zero) -- in two settings:
 
 * **unbiased**: training scenes are independent of the class;
@@ -16,13 +16,16 @@ own training loop ``dynapp.engine.train.train``) and leak-free dynamic appearanc
 It evaluates each model on the same test clips and writes ``results.json``, ``report.md`` and its
 figures (the Fig. 4-style frame average beside DA with the static-leakage map, training curves,
 alpha over training, ENoPR against the recognition loss, confusion matrices) into ``out``.
-The defaults were chosen by the training-budget probe of docs/demo.md.
+The sizes come from the difficulty probe of docs/demo.md, the budget from its calibration on
+the validation clips.
 
 The package: :mod:`.config` (the demo's sizes, :class:`DemoConfig`, and :func:`~.config.run_config`,
 which turns one run into the :class:`dynapp.config.RunConfig` that ``dynapp train`` reads),
-:mod:`.runs` (data, one training run and its evaluation), :mod:`.studies` (the optional studies
-and the default-strategy rule), :mod:`.figures` (one function per figure), :mod:`.report`
-(table, results.json, report.md), :mod:`.merge` (``--from``) and :mod:`.main` (:func:`run_demo`).
+:mod:`.runs` (data, one training run and its evaluation), :mod:`.pool` (runs in this process or
+in ``--jobs`` worker processes), :mod:`.studies` (the optional studies and the default-strategy
+rule), :mod:`.compare` (DA against the better of RGB and the dynamic image, with a bootstrap
+interval), :mod:`.figures` (one function per figure), :mod:`.report` (table, results.json,
+report.md), :mod:`.merge` (``--from``) and :mod:`.main` (:func:`run_demo`).
 """
 
 from dynapp.apps.demo.config import (
