@@ -256,6 +256,12 @@ def test_primary_statistic_bootstrap():
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["pwtp"]["baseline"] == "dynamic_image" and by_arm["pwtp"]["diff"] == pytest.approx(d2)
     assert by_arm["pwtp mgda"]["seeds"] == 4 and by_arm["pwtp mgda"]["diff"] == pytest.approx(20.0 - base[1, :4].mean())
+    # one seed: the difference, and no interval (nothing to resample)
+    one = primary_statistic(runs[:1], {}, ("unbiased",))[0]
+    assert one["diff"] == pytest.approx(noisy[0] - base[1, 0]) and one["ci_low"] is None and one["ci_high"] is None
+    from dynapp.apps.demo.compare import primary_lines
+
+    assert "one seed: no interval" in primary_lines([one])[0]
 
 
 def test_budget_calibration_rule():

@@ -58,6 +58,8 @@ def primary_statistic(runs: list[dict], studies: dict, settings) -> list[dict]:
             da = np.array([acc[arm, setting][s] for s in seeds])
             base = np.array([[acc[b, setting][s] for s in seeds] for b in BASELINES])
             diff, low, high = bootstrap_diff(da, base)
+            if len(seeds) < 2:  # one seed: no spread to resample
+                low = high = None
             best = BASELINES[int(base.mean(1).argmax())]
             rows.append({"arm": arm, "setting": setting, "seeds": len(seeds), "da": float(da.mean()),
                          "baseline": best, "baseline_acc": float(base.mean(1).max()), "diff": diff,
@@ -65,7 +67,12 @@ def primary_statistic(runs: list[dict], studies: dict, settings) -> list[dict]:
     return rows
 
 
+def interval(r: dict) -> str:
+    """``[-5.0, -1.2]``, or a note when one seed leaves nothing to resample."""
+    return "(one seed: no interval)" if r["ci_low"] is None else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+
+
 def primary_lines(rows: list[dict]) -> list[str]:
-    """The rows as text lines, e.g. ``unbiased pwtp ... -3.1 [-5.0, -1.2]``."""
+    """The rows as text lines, e.g. ``unbiased pwtp ... -3.1 [-5.0, -1.2] (5 seeds)``."""
     return [f"{r['setting']:<8} {r['arm']:<26} DA {r['da']:5.1f}%  - {r['baseline']} {r['baseline_acc']:5.1f}% = "
-            f"{r['diff']:+5.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] ({r['seeds']} seeds)" for r in rows]
+            f"{r['diff']:+5.1f} {interval(r)}" + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "") for r in rows]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dynapp.apps.demo.compare import primary_lines, primary_statistic
+from dynapp.apps.demo.compare import interval, primary_lines, primary_statistic
 from dynapp.apps.demo.config import DEFAULT_JOINT, DemoConfig
 from dynapp.apps.demo.figures import leakage_figure
 from dynapp.apps.demo.studies import strategy_name, apply_rule, rule_line
@@ -154,7 +154,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
                   "| setting | DA arm | DA % | better baseline | its % | diff | 95% interval | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['setting']} | {r['arm']} | {r['da']:.1f} | {r['baseline']} | {r['baseline_acc']:.1f} | "
-                  f"{r['diff']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['seeds']} |"
+                  f"{r['diff']:+.1f} | {interval(r)} | {r['seeds']} |"
                   for r in payload["primary"]] + [""]
     titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
               "curves": "Training curves", "alpha": "MGDA alpha over training",
