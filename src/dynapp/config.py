@@ -111,7 +111,7 @@ class OptimConfig:
 
 @dataclass
 class JointConfig:
-    strategy: str = "mgda"  # a name of dynapp.joint.STRATEGIES: mgda | mgda_ub | constant | scheduler | separate
+    strategy: str = "mgda"  # mgda (Eq. 12; the default by the rule of docs/joint.md) | mgda_ub | constant | scheduler | separate; with mgda PWTP may stop learning from the recognition loss (a warning says so), mgda_ub with normalize=loss+ lets it learn
     alpha: float = 0.5  # constant strategy: the weight of ENoPR
     gamma: float = 0.2  # scheduler (Eq. 13)
     lam: float = 0.1  # scheduler (Eq. 13)
