@@ -120,18 +120,9 @@ def test_no_freeze_warning_under_separate_training(tmp_path):
 
 
 def test_freeze_warning_fires_on_a_frozen_pwtp(tmp_path):
-    from dynapp.model import build_model
-
-    # PWTP starts at a constant A (the MLP's last layer outputs 1 everywhere), trains on ENoPR
-    # alone (alpha 1) at a learning rate too small to leave it: frozen at the floor by construction
-    torch.manual_seed(0)
-    model = build_model(representation="pwtp", backbone="small2d", num_classes=4, segments=2, frames=4,
-                        backbone_kwargs={"widths": [8, 8, 8, 8]})
-    with torch.no_grad():
-        model.representation.pwtp.head.weight.zero_()
-        model.representation.pwtp.head.bias.fill_(1.0)
-    init = tmp_path / "constant_a.pt"
-    torch.save(model.state_dict(), init)
+    # PWTP starts at a constant A, trains on ENoPR alone (alpha 1) at a learning rate too small
+    # to leave it: frozen at the floor by construction
+    init = _constant_a_init(tmp_path / "constant_a.pt")
     epochs = FROZEN_STEPS // 4 + 1
     output, rows = _train(tmp_path / "run", [f"optim.epochs={epochs}", "joint.strategy=constant", "joint.alpha=1.0",
                                              "optim.lr=1e-7", "optim.warmup_epochs=0", f"model.init_from={init}"])
