@@ -35,9 +35,10 @@ def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runne
         main = first.get(setting, {}).get("pwtp")
         if main is not None and main.get("val_accuracy") is not None and strategy_name(*main["joint"]) == name:
             reused[setting, name] = main
+    trained = [(setting, arm, name) for setting, arm, name in arms if (setting, name) not in reused]
     todo = [Run(cfg, "pwtp", setting, seed, out / "study" / "joint" / f"seed{seed}" / setting / name.replace(" ", "_"),
                 dict(zip(("strategy", "alpha", "normalize", "backbone_grad"), arm)))
-            for setting, arm, name in arms if (setting, name) not in reused]
+            for setting, arm, name in trained]
 
     def row(setting: str, name: str, r: dict) -> dict:
         echo(f"  seed {seed} {setting:<8} {name:<18} val {r['val_accuracy']:5.1f}%  test {r['accuracy']:5.1f}%  "
@@ -49,9 +50,11 @@ def _joint_study(cfg: DemoConfig, seed: int, out: Path, echo, first: dict, runne
 
     rows = {key: row(*key, r) for key, r in reused.items()}
 
-    def done(run: Run, r: dict) -> None:  # a line as each run finishes
-        name = strategy_name(*(run.options[k] for k in ("strategy", "alpha", "normalize", "backbone_grad")))
-        rows[run.setting, name] = row(run.setting, name, r)
+    order = iter(trained)
+
+    def done(run: Run, r: dict) -> None:  # a line as each run finishes (runs finish in their order)
+        setting, _, name = next(order)
+        rows[setting, name] = row(setting, name, r)
 
     runner.map(todo, done)
     return [rows[setting, name] for setting, _, name in arms]
