@@ -115,6 +115,23 @@ def test_pwtp_kwargs_reach_pwtp():
     assert rep.pwtp.rank == 2 and rep.pwtp.conv.out_channels == 8 and rep.pwtp.frames == 6
 
 
+def test_pwtp_on_unit_pixels_sees_the_clip_before_normalisation():
+    """``pixels="unit"``: PWTP runs on ``x * std + mean`` (the [0, 1] clip) of the normalised clip."""
+    from dynapp.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    unit = build_representation("pwtp", segments=2, frames=4, pixels="unit", kernel_size=3, stride=2).eval()
+    plain = build_representation("pwtp", segments=2, frames=4, kernel_size=3, stride=2).eval()
+    plain.load_state_dict(unit.state_dict())
+    x01 = torch.rand(2, 3, 8, 16, 16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    a, b = unit((x01 - mean) / std), plain(x01)
+    torch.testing.assert_close(a.frames, b.frames, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.aux_loss, b.aux_loss)
+    with pytest.raises(ValueError, match="pixels must be one of normalized, unit"):
+        build_representation("pwtp", segments=1, frames=4, pixels="raw")
+
+
 def test_pwtp_backward_finite():
     torch.manual_seed(0)
     rep = build_representation("pwtp", segments=2, frames=4, kernel_size=3, stride=4, channels=6)

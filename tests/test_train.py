@@ -476,3 +476,22 @@ def test_the_log_tells_the_share_of_each_step_spent_waiting_for_data(tmp_path):
     # the slow loader: 0.5 s of waiting per batch of 2 against a step of a few ms
     assert min(waits["slow"]) > 0.5
     assert max(waits["fast"]) < min(waits["slow"])
+
+
+def test_enopr_weight_scales_l1_for_the_strategy_and_the_log_keeps_enopr(tmp_path):
+    """joint.enopr_weight = w: the strategy sees w * ENoPR (Eq. 12 then picks another alpha), the log ENoPR."""
+    logs = {}
+    for w in ("1", "100"):
+        cfg = load_config(None, TINY + ["optim.epochs=1", f"joint.enopr_weight={w}", "checkpoint.enabled=false",
+                                        f"log.out_dir={tmp_path / w}"])
+        run_from_config(cfg)
+        logs[w] = _read_csv(tmp_path / w / "train_log.csv")
+    # the first step's forward pass is the same: the same ENoPR is logged
+    assert float(logs["1"][0]["enopr"]) == pytest.approx(float(logs["100"][0]["enopr"]))
+    # a larger L1 has a larger gradient, and min-norm favours the smaller one: alpha never rises
+    assert all(float(a["alpha"]) <= float(b["alpha"]) for a, b in zip(logs["100"], logs["1"]))
+    assert float(logs["100"][0]["g1_norm"]) == pytest.approx(100 * float(logs["1"][0]["g1_norm"]), rel=1e-4)
+    from dynapp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="joint.enopr_weight: expected > 0"):
+        load_config(None, ["joint.enopr_weight=0"])

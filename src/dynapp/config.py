@@ -117,6 +117,7 @@ class JointConfig:
     lam: float = 0.1  # scheduler (Eq. 13)
     separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
     normalize: str = "none"  # mgda, mgda_ub: none (Eq. 12) | loss | loss+ (Sener & Koltun's gradient normalisation) | l2 (= alpha 0.5)
+    enopr_weight: float = 1.0  # the weight of ENoPR (L1) in every strategy: L1 is w * ENoPR (Eq. 8 has w = 1)
     backbone_grad: str = "weighted"  # constant, scheduler: Theta2 along (1 - alpha) grad L2 (weighted, Eq. 9) | grad L2 (full, Algorithm 1)
 
 
@@ -412,6 +413,7 @@ def validate(cfg: RunConfig) -> None:
     _check(j.strategy in STRATEGIES, f"joint.strategy: expected {', '.join(STRATEGIES)}, got {j.strategy!r}")
     _check(j.normalize in NORMALIZATIONS,
            f"joint.normalize: expected {', '.join(NORMALIZATIONS)}, got {j.normalize!r}")
+    _check(j.enopr_weight > 0, f"joint.enopr_weight: expected > 0, got {j.enopr_weight}")
     _check(j.backbone_grad in BACKBONE_GRADS,
            f"joint.backbone_grad: expected {', '.join(BACKBONE_GRADS)}, got {j.backbone_grad!r}")
     _check(0.0 <= j.alpha <= 1.0, f"joint.alpha: must be in [0, 1], got {j.alpha}")

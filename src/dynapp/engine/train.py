@@ -126,6 +126,7 @@ class Loop:
     amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA mixed precision), None: full precision
     frozen_bn: list[nn.Module] = field(default_factory=list)  # BatchNorm layers kept in eval mode (fine-tuning)
     monitor: PWTPMonitor | None = None  # PWTP's training diagnostics (dynapp.joint_diagnostics), None without PWTP
+    enopr_weight: float = 1.0  # joint.enopr_weight: the strategy's L1 is this times ENoPR (the log keeps ENoPR)
 
 
 @dataclass
@@ -302,7 +303,8 @@ def _forward_backward(loop: Loop, net: nn.Module, clip: Tensor, label, *, step: 
             rec_loss = loop.criterion(logits.float(), label) if logits is not None else None
             aux_loss = out.aux_loss  # None: alpha and ENoPR do not apply (empty log cells)
         stats = _micro_statistics(rec_loss, aux_loss, logits, label)
-        loop.strategy.backward(rec_loss, aux_loss, step=step, scale=loop.scaler.scale, divide=loop.accumulation_steps,
+        l1 = aux_loss if aux_loss is None or loop.enopr_weight == 1.0 else loop.enopr_weight * aux_loss
+        loop.strategy.backward(rec_loss, l1, step=step, scale=loop.scaler.scale, divide=loop.accumulation_steps,
                                hyperplanes=getattr(out, "hyperplanes", None))
         if loop.monitor is not None:
             loop.monitor.observe(clip, out)
@@ -491,7 +493,7 @@ def build_loop(model: nn.Module, optim: OptimConfig, joint: JointConfig, *, devi
     BatchNorm, the optimiser, the scaler, the schedule, and the DDP wrappers under torchrun."""
     reduce = all_reduce_mean if is_distributed() else None
     strategy = build_strategy(joint.strategy, theta1_parameters(model), total_steps=total_steps, all_reduce_mean=reduce,
-                              **{k: v for k, v in dataclasses.asdict(joint).items() if k != "strategy"})
+                              **{k: v for k, v in dataclasses.asdict(joint).items() if k not in ("strategy", "enopr_weight")})
     frozen_bn = freeze_batchnorm(model.backbone) if optim.freeze_bn else []
     optimizer = build_optimizer(model, optim)
     amp_dtype = autocast_dtype(optim.amp, optim.amp_dtype, device)
@@ -503,7 +505,8 @@ def build_loop(model: nn.Module, optim: OptimConfig, joint: JointConfig, *, devi
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),  # bfloat16 needs no scaling
         strategy=strategy, lr_of_step=_schedule(optim, total_steps, steps_per_epoch), steps_per_epoch=steps_per_epoch,
         accumulation_steps=optim.accumulation_steps, clip_grad_norm=optim.clip_grad_norm, device=device,
-        amp_dtype=amp_dtype, frozen_bn=frozen_bn, monitor=PWTPMonitor.for_model(model))
+        amp_dtype=amp_dtype, frozen_bn=frozen_bn, monitor=PWTPMonitor.for_model(model),
+        enopr_weight=joint.enopr_weight)
 
 
 def recognition_loss(label_smoothing: float) -> Callable[[Tensor, Tensor], Tensor]:

@@ -22,9 +22,10 @@ the validation clips.
 The package: :mod:`.config` (the demo's sizes, :class:`DemoConfig`, and :func:`~.config.run_config`,
 which turns one run into the :class:`dynapp.config.RunConfig` that ``dynapp train`` reads),
 :mod:`.runs` (data, one training run and its evaluation), :mod:`.pool` (runs in this process or
-in ``--jobs`` worker processes), :mod:`.studies` (the optional studies and the default-strategy
-rule), :mod:`.compare` (DA against the better of RGB and the dynamic image, with a bootstrap
-interval), :mod:`.figures` (one function per figure), :mod:`.report` (table, results.json,
+in ``--jobs`` worker processes), :mod:`.studies` (the optional studies), :mod:`.rule` (the
+pre-registered rule that decides the default joint strategy), :mod:`.stats` (paired t-intervals,
+Holm), :mod:`.compare` (DA against the better of RGB and the dynamic image, with a paired
+t-interval), :mod:`.figures` (one function per figure), :mod:`.report` (table, results.json,
 report.md), :mod:`.merge` (``--from``) and :mod:`.main` (:func:`run_demo`).
 """
 
@@ -44,9 +45,9 @@ from dynapp.apps.demo.main import run_demo
 from dynapp.apps.demo.merge import merge_reports
 from dynapp.apps.demo.report import format_table, summarise
 from dynapp.apps.demo.runs import build_demo_data, build_demo_val, fit, input_leakage, train_and_evaluate
-from dynapp.apps.demo.studies import RULE_BASELINE, RULE_CANDIDATES, RULE_MARGIN, RULE_SEEDS, apply_rule
+from dynapp.apps.demo.rule import RULE_BASELINE, RULE_CANDIDATES, RULE_FIRST_SEED, RULE_MIN_SEEDS, decide
 
 __all__ = ["DemoConfig", "INPUTS", "DEMO_BACKBONES", "JOINT_STRATEGIES", "QUICK", "SETTINGS", "STUDIES", "demo_config",
            "parse_studies", "run_config", "run_demo", "merge_reports", "train_and_evaluate", "fit", "input_leakage",
-           "build_demo_data", "build_demo_val", "format_table", "summarise", "apply_rule", "RULE_BASELINE",
-           "RULE_CANDIDATES", "RULE_MARGIN", "RULE_SEEDS"]
+           "build_demo_data", "build_demo_val", "format_table", "summarise", "decide", "RULE_BASELINE",
+           "RULE_CANDIDATES", "RULE_FIRST_SEED", "RULE_MIN_SEEDS"]

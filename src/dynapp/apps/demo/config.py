@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from dynapp.apps.demo.rule import RULE_BASELINE_ARM, RULE_CANDIDATE_ARMS
 from dynapp.config import CheckpointConfig, DataConfig, JointConfig, LogConfig, ModelConfig, OptimConfig, RunConfig
 
 INPUTS = ("rgb", "rgb_diff", "dynamic_image", "pwtp", "pwtp_remove")
@@ -12,15 +13,11 @@ _REPRESENTATIONS = {"pwtp_remove": ("pwtp", {"static": "remove"})}
 DEMO_BACKBONES = ("small_tsm", "small2d", "small3d")  # the backbones the demo trains (of dynapp.backbones.BACKBONES)
 STUDIES = ("joint", "frames", "backbones")
 SETTINGS = ("unbiased", "biased")
-# The joint study's arms, (strategy, alpha, MGDA normalisation, backbone gradient): the candidates
-# of the pre-registered rule (docs/joint.md), each with the backbone on the full recognition
-# gradient (Algorithm 1's line 6), so that only PWTP's training differs: Eq. 12, MGDA-UB with
-# Sener and Koltun's loss+ normalisation, the constants of Table 5, Appendix D's scheduler, and
-# separate training.  Eq. 9 as written (the backbone on (1 - alpha) grad L2) and the other MGDA
-# normalisations stay available to ``dynapp train`` (joint.backbone_grad=weighted, joint.normalize).
-JOINT_STRATEGIES = (("mgda", 0.5, "none", "full"), ("mgda_ub", 0.5, "loss+", "full"),
-                    ("constant", 0.5, "none", "full"), ("constant", 0.9, "none", "full"),
-                    ("scheduler", 0.5, "none", "full"), ("separate", 0.5, "none", "full"))
+# The joint study's arms, (strategy, alpha, MGDA normalisation, backbone gradient): the arms of the
+# pre-registered rule that decides the default strategy (dynapp.apps.demo.rule, docs/joint.md):
+# the paper's Eq. 12 and the candidates of the exploratory study, each with the backbone on the
+# full recognition gradient (Algorithm 1's line 6), so that only PWTP's training differs.
+JOINT_STRATEGIES = (RULE_BASELINE_ARM, *RULE_CANDIDATE_ARMS)
 _DEFAULT = JointConfig()
 # the demo's DA runs (inputs pwtp and pwtp_remove) train with dynapp train's default strategy
 DEFAULT_JOINT = (_DEFAULT.strategy, _DEFAULT.alpha, _DEFAULT.normalize, _DEFAULT.backbone_grad)
@@ -107,11 +104,12 @@ def parse_studies(study: str | None) -> tuple[str, ...]:
     return names
 
 
-def _representation(cfg: DemoConfig, name: str, rank: int | None = None) -> tuple[str, dict]:
-    """The representation and its keyword arguments behind demo input ``name``."""
+def _representation(cfg: DemoConfig, name: str, rank: int | None = None, pwtp: dict | None = None) -> tuple[str, dict]:
+    """The representation and its keyword arguments behind demo input ``name`` (``pwtp``: more
+    keyword arguments of a PWTP input, e.g. ``kernel_size``, ``stride``, ``pixels``)."""
     rep, kwargs = _REPRESENTATIONS.get(name, (name, {}))
     if rep == "pwtp":
-        kwargs = {"rank": rank or cfg.rank, **kwargs}
+        kwargs = {"rank": rank or cfg.rank, **kwargs, **(pwtp or {})}
     return rep, kwargs
 
 
@@ -122,21 +120,28 @@ def _backbone_kwargs(cfg: DemoConfig) -> dict:
 
 def run_config(cfg: DemoConfig, rep: str, *, out_dir, seed: int, strategy: str = _DEFAULT.strategy,
                alpha: float = _DEFAULT.alpha, normalize: str = _DEFAULT.normalize,
-               backbone_grad: str = _DEFAULT.backbone_grad, rank: int | None = None) -> RunConfig:
+               backbone_grad: str = _DEFAULT.backbone_grad, rank: int | None = None, pwtp: dict | None = None,
+               enopr_weight: float = _DEFAULT.enopr_weight) -> RunConfig:
     """The :class:`dynapp.config.RunConfig` of one demo run: ``cfg.backbone`` on demo input ``rep``,
     trained by ``dynapp train``'s loop with these sections (the clips themselves are the demo's own
-    :class:`dynapp.data.synthetic.SyntheticActions`, built by :mod:`dynapp.apps.demo.runs`)."""
-    representation, rep_kwargs = _representation(cfg, rep, rank)
+    :class:`dynapp.data.synthetic.SyntheticActions`, built by :mod:`dynapp.apps.demo.runs`).
+
+    Under ``separate`` the recogniser gets the whole budget: PWTP trains alone for
+    ``separate_epochs`` = epochs // 4 epochs, then the recogniser for ``cfg.epochs`` epochs.
+    """
+    representation, rep_kwargs = _representation(cfg, rep, rank, pwtp)
+    separate_epochs = max(1, cfg.epochs // 4)
+    epochs = cfg.epochs + (separate_epochs if strategy == "separate" and representation == "pwtp" else 0)
     return RunConfig(
         seed=seed,
         data=DataConfig(dataset="synthetic", segments=cfg.segments, frames=cfg.frames, crop_size=cfg.size,
                         num_classes=cfg.num_classes, num_workers=0),
         model=ModelConfig(representation=representation, backbone=cfg.backbone, dropout=0.0,
                           representation_kwargs=rep_kwargs, backbone_kwargs=_backbone_kwargs(cfg)),
-        optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
+        optim=OptimConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
                           warmup_epochs=min(1.0, cfg.epochs / 4), label_smoothing=0.1),
-        joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=max(1, cfg.epochs // 4),
-                          normalize=normalize, backbone_grad=backbone_grad),
+        joint=JointConfig(strategy=strategy, alpha=alpha, separate_epochs=separate_epochs,
+                          normalize=normalize, backbone_grad=backbone_grad, enopr_weight=enopr_weight),
         log=LogConfig(out_dir=str(out_dir), csv=True, tensorboard=False, progress=False),
         checkpoint=CheckpointConfig(enabled=False),
     )

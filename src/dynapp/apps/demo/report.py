@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -15,7 +16,8 @@ import torch
 from dynapp.apps.demo.compare import interval, primary_lines, primary_statistic
 from dynapp.apps.demo.config import DEFAULT_JOINT, DemoConfig
 from dynapp.apps.demo.figures import leakage_figure
-from dynapp.apps.demo.studies import strategy_name, apply_rule, rule_line
+from dynapp.apps.demo.rule import decide, rule_lines
+from dynapp.apps.demo.studies import strategy_name
 
 
 def _mean_sd(values):
@@ -107,16 +109,29 @@ def finish(out: Path, cfg: DemoConfig, runs: list[dict], studies: dict, figures:
                "studies": studies, "wall_s": wall_s, "parts": parts, "machine": _machine(), "torch": torch.__version__,
                "threads": cfg.threads, "jobs": cfg.jobs, "figures": figures}
     if "joint" in studies:
-        payload["joint_rule"] = apply_rule(studies["joint"], cfg.settings)
-        echo(rule_line(payload["joint_rule"]))
+        payload["joint_rule"] = decide(studies["joint"], chance=chance)
+        for line in rule_lines(payload["joint_rule"]):
+            echo(line)
     payload["primary"] = primary_statistic(runs, studies, cfg.settings)
     if payload["primary"]:
-        echo("DA - max(rgb, dynamic_image), test accuracy points, mean over seeds [95% bootstrap interval over seeds]:")
+        echo("DA - max(rgb, dynamic_image), test accuracy points, mean over seeds [95% paired t-interval over seeds]:")
         for line in primary_lines(payload["primary"]):
             echo("  " + line)
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if studies.get("joint"):
+        write_rows_csv(studies["joint"], out / "joint_rows.csv")
     _write_report(out, cfg, rows, payload, len(runs), figures, studies)
     return payload
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """The joint study's per-seed rows (seed, setting, strategy, validation and test accuracy, ...) as CSV."""
+    keys = list(rows[0])
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["seed"], r["setting"] != "unbiased", r["strategy"])):
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def config_from_json(d: dict) -> DemoConfig:
@@ -149,8 +164,9 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
     ]
     if payload["primary"]:
         lines += ["## DA against the better of RGB and the dynamic image", "",
-                  "Test accuracy, mean over seeds; diff = DA - max(rgb, dynamic_image), with its 95% interval from a "
-                  "paired bootstrap over seeds (dynapp.apps.demo.compare).", "",
+                  "Test accuracy, mean over seeds; diff = DA - the baseline with the higher mean (rgb or "
+                  "dynamic_image), with the 95% paired t-interval of the per-seed differences "
+                  "(dynapp.apps.demo.compare).", "",
                   "| setting | DA arm | DA % | better baseline | its % | diff | 95% interval | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['setting']} | {r['arm']} | {r['da']:.1f} | {r['baseline']} | {r['baseline_acc']:.1f} | "
@@ -165,7 +181,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
     about = {"joint": "PWTP with each joint-training strategy, every setting, every seed; val_accuracy on the "
                       "validation clips (the only accuracy any choice may use), accuracy on the test clips; "
                       "alpha_mean / alpha_end: the mean of alpha over training / over its last tenth."
-                      + (" " + rule_line(payload["joint_rule"]) + "." if "joint_rule" in payload else ""),
+                      + (" " + " ".join(rule_lines(payload["joint_rule"])) if "joint_rule" in payload else ""),
              "frames": "PWTP on the unbiased data, first seed.",
              "backbones": "Every input with each backbone, every setting, first seed; static_*: static share."}
     if studies.get("joint"):

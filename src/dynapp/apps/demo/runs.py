@@ -120,19 +120,27 @@ def fit(model, train_set, run: RunConfig) -> None:
 def train_and_evaluate(cfg: DemoConfig, rep: str, train_set, test_set, *, out_dir: Path, seed: int,
                        strategy: str = DEFAULT_JOINT[0], alpha: float = DEFAULT_JOINT[1],
                        normalize: str = DEFAULT_JOINT[2], backbone_grad: str = DEFAULT_JOINT[3],
-                       rank: int | None = None, val_set=None) -> dict:
+                       rank: int | None = None, val_set=None, pwtp: dict | None = None,
+                       enopr_weight: float = 1.0, head_std: float | None = None) -> dict:
     """Train ``cfg.backbone`` on demo input ``rep`` with the project's training loop, then evaluate it
-    on ``test_set`` (``accuracy``) and, if given, on ``val_set`` (``val_accuracy``, for choices)."""
+    on ``test_set`` (``accuracy``) and, if given, on ``val_set`` (``val_accuracy``, for choices).
+
+    ``pwtp``: more keyword arguments of a PWTP input (``kernel_size``, ``stride``, ``pixels``);
+    ``enopr_weight``: ``joint.enopr_weight``; ``head_std``: the classifier's initial std (None:
+    the model's 0.001).  The three are factors of the joint-training study (docs/joint.md).
+    """
     from dynapp.apps.flops import model_flops
     from dynapp.model import build_model
 
     run = run_config(cfg, rep, out_dir=out_dir, seed=seed, strategy=strategy, alpha=alpha, normalize=normalize,
-                     backbone_grad=backbone_grad, rank=rank)
+                     backbone_grad=backbone_grad, rank=rank, pwtp=pwtp, enopr_weight=enopr_weight)
     d, m = run.data, run.model
     torch.manual_seed(seed)
     model = build_model(representation=m.representation, backbone=m.backbone, num_classes=d.num_classes,
                         segments=d.segments, frames=d.frames, dropout=m.dropout,
                         representation_kwargs=m.representation_kwargs, backbone_kwargs=m.backbone_kwargs)
+    if head_std is not None:
+        torch.nn.init.normal_(model.head.weight, std=head_std)
     out_dir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     fit(model, train_set, run)

@@ -1,10 +1,9 @@
-"""The demo's optional studies (``--study``) and the pre-registered rule that reads the joint study.
+"""The demo's optional studies (``--study``).
 
-joint: PWTP with every arm of :data:`~dynapp.apps.demo.config.JOINT_STRATEGIES` (the candidates
-of the pre-registered rule: Eq. 12, MGDA-UB loss+, the constants of Table 5 and the scheduler with
-the full backbone gradient, separate training) in every setting, with validation and test accuracy
-(run on every seed: :func:`apply_rule` needs them; the seed's ``pwtp`` run is reused for the arm
-that is the default strategy);
+joint: PWTP with every arm of :data:`~dynapp.apps.demo.config.JOINT_STRATEGIES` (the arms of the
+pre-registered rule, :mod:`dynapp.apps.demo.rule`: Eq. 12 and its candidates) in every setting,
+with validation and test accuracy (run on every seed: the rule reads them; the seed's ``pwtp`` run
+is reused for the arm that is the default strategy);
 frames: the T x D grid of Table 4b on the unbiased data; backbones: every input in every setting
 with each of :data:`~dynapp.apps.demo.config.DEMO_BACKBONES` (the demo's own backbone's rows are
 that seed's main results).
@@ -12,7 +11,6 @@ that seed's main results).
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,49 +104,3 @@ def run_study(cfg: DemoConfig, study: str, seed: int, out: Path, echo, first: di
     if study not in _STUDIES:
         raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
     return _STUDIES[study](cfg, seed, out, echo, first, runner or Runner())
-
-
-# The pre-registered rule that chooses the default joint strategy (docs/joint.md): the candidates,
-# the strategy that stays the default unless another beats it, the seeds and the margin.
-RULE_CANDIDATES = tuple(strategy_name(*arm) for arm in JOINT_STRATEGIES)
-# = ("mgda", "mgda_ub loss+", "constant 0.5 full", "constant 0.9 full", "scheduler full", "separate")
-RULE_BASELINE = "mgda"
-RULE_SEEDS = 5
-RULE_MARGIN = 1.0  # points of mean validation accuracy
-
-
-def apply_rule(rows: list[dict], settings: tuple = SETTINGS) -> dict:
-    """The rule of docs/joint.md on the joint study's rows (validation accuracy only).
-
-    ``score`` of a candidate = the mean over ``settings`` of its mean validation accuracy over
-    seeds.  The best-scoring candidate (ties: the earlier in :data:`RULE_CANDIDATES`) replaces
-    :data:`RULE_BASELINE` only if its score is at least :data:`RULE_MARGIN` points higher AND its
-    mean is not lower in any setting; otherwise the baseline stays.  ``complete`` says whether
-    every candidate has at least :data:`RULE_SEEDS` seeds in every setting (an incomplete study
-    decides nothing: ``winner`` is then None).
-    """
-    acc: dict[str, dict[str, list[float]]] = {c: {s: [] for s in settings} for c in RULE_CANDIDATES}
-    for r in rows:
-        if r["strategy"] in acc and r["setting"] in settings and r.get("val_accuracy") is not None:
-            acc[r["strategy"]][r["setting"]].append(float(r["val_accuracy"]))
-    complete = all(len(v) >= RULE_SEEDS for c in acc.values() for v in c.values())
-    means = {c: {s: (statistics.fmean(v) if v else None) for s, v in per.items()} for c, per in acc.items()}
-    scores = {c: (None if None in m.values() else statistics.fmean(m.values())) for c, m in means.items()}
-    ranked = sorted((c for c in RULE_CANDIDATES if scores[c] is not None), key=lambda c: -scores[c])
-    best = ranked[0] if ranked else None
-    base = RULE_BASELINE
-    beats = (best is not None and best != base and scores[base] is not None
-             and scores[best] >= scores[base] + RULE_MARGIN and all(means[best][s] >= means[base][s] for s in settings))
-    seeds = {c: min(len(v) for v in per.values()) for c, per in acc.items()}
-    return {"complete": complete, "winner": (best if beats else base) if complete else None, "best": best,
-            "scores": scores, "means": means, "seeds": seeds}
-
-
-def rule_line(rule: dict) -> str:
-    scores = ", ".join(f"{c} {v:.1f}" for c, v in sorted(((c, v) for c, v in rule["scores"].items() if v is not None),
-                                                          key=lambda kv: -kv[1])) or "none yet"
-    if not rule["complete"]:
-        return (f"default-strategy rule (docs/joint.md): not decided, it needs >= {RULE_SEEDS} seeds of every candidate "
-                f"in every setting (have {min(rule['seeds'].values())}); mean validation accuracy: {scores}")
-    return f"default-strategy rule (docs/joint.md): {rule['winner']}; mean validation accuracy: {scores}"
-
