@@ -575,10 +575,13 @@ def test_l2_normalisation_is_constant_half_and_says_so():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)  # the same update
 
 
-def test_backbone_grad_is_validated_and_defaults_to_eq9():
+def test_backbone_grad_is_validated_and_defaults_to_full():
     from dynapp.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="joint.backbone_grad: expected weighted, full, got 'half'"):
         load_config(None, ["joint.backbone_grad=half"])
-    assert load_config(None, []).joint.backbone_grad == "weighted"  # Eq. 9 as written, as before
+    # the default strategy (constant 0.5, the rule of docs/joint.md) puts the backbone on the full grad L2
+    default = load_config(None, []).joint
+    assert (default.strategy, default.alpha, default.backbone_grad) == ("constant", 0.5, "full")
+    assert load_config(None, ["joint.backbone_grad=weighted"]).joint.backbone_grad == "weighted"  # Eq. 9 as written
     assert load_config(None, ["joint.strategy=mgda_ub", "joint.normalize=loss+"]).joint.strategy == "mgda_ub"

@@ -127,7 +127,8 @@ def test_freeze_warning_fires_on_a_frozen_pwtp(tmp_path):
     output, rows = _train(tmp_path / "run", [f"optim.epochs={epochs}", "joint.strategy=constant", "joint.alpha=1.0",
                                              "optim.lr=1e-7", "optim.warmup_epochs=0", f"model.init_from={init}"])
     assert output.count("warning: PWTP has stopped learning from the recognition loss") == 1
-    assert "joint.strategy=mgda_ub" in output
+    assert "joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full" in output  # the default
+    assert "joint.strategy=mgda joint.normalize=loss+" in output
     last = rows[-1]
     assert float(last["alpha"]) == 1.0
     assert float(last["enopr"]) == pytest.approx(float(last["enopr_floor"]), rel=0.02)

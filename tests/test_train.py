@@ -87,7 +87,7 @@ def test_freeze_batchnorm_keeps_the_first():
 
 def test_end_to_end_mgda_logs_and_checkpoint(tmp_path):
     cfg = load_config(None, TINY + ["optim.epochs=2", f"log.out_dir={tmp_path}", "eval.clips=2", "eval.every_epochs=1",
-                                    "data.num_samples=6", "log.tensorboard=true"])
+                                    "data.num_samples=6", "log.tensorboard=true", "joint.strategy=mgda"])
     result = run_from_config(cfg)
     rows = _read_csv(tmp_path / "train_log.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
@@ -281,7 +281,7 @@ def test_init_from_checkpoint_skips_a_different_head(tmp_path):
 
 
 def test_mgda_normalize_runs_and_logs_alpha(tmp_path):
-    cfg = load_config(None, TINY + ["optim.epochs=1", "joint.normalize=loss+", "checkpoint.enabled=false",
+    cfg = load_config(None, TINY + ["optim.epochs=1", "joint.strategy=mgda", "joint.normalize=loss+", "checkpoint.enabled=false",
                                     f"log.out_dir={tmp_path}"])
     run_from_config(cfg)
     alphas = [float(r["alpha"]) for r in _read_csv(tmp_path / "train_log.csv")]
@@ -293,7 +293,7 @@ def test_joint_normalize_is_validated():
 
     with pytest.raises(ConfigError, match="joint.normalize: expected none, l2, loss, loss\\+, got 'max'"):
         load_config(None, ["joint.normalize=max"])
-    assert load_config(None, []).joint.normalize == "none"  # the paper's Eq. 12 by default
+    assert load_config(None, []).joint.normalize == "none"  # with joint.strategy=mgda: the paper's Eq. 12 as printed
 
 
 def test_checkpoint_carries_class_names(tmp_path):
@@ -482,7 +482,8 @@ def test_enopr_weight_scales_l1_for_the_strategy_and_the_log_keeps_enopr(tmp_pat
     """joint.enopr_weight = w: the strategy sees w * ENoPR (Eq. 12 then picks another alpha), the log ENoPR."""
     logs = {}
     for w in ("1", "100"):
-        cfg = load_config(None, TINY + ["optim.epochs=1", f"joint.enopr_weight={w}", "checkpoint.enabled=false",
+        cfg = load_config(None, TINY + ["optim.epochs=1", "joint.strategy=mgda", f"joint.enopr_weight={w}",
+                                        "checkpoint.enabled=false",
                                         f"log.out_dir={tmp_path / w}"])
         run_from_config(cfg)
         logs[w] = _read_csv(tmp_path / w / "train_log.csv")

@@ -111,14 +111,14 @@ class OptimConfig:
 
 @dataclass
 class JointConfig:
-    strategy: str = "mgda"  # mgda (Eq. 12; the default by the rule of docs/joint.md) | mgda_ub | constant | scheduler | separate; with mgda PWTP may stop learning from the recognition loss (a warning says so), mgda_ub with normalize=loss+ lets it learn
+    strategy: str = "constant"  # constant (fixed alpha; with alpha 0.5 and backbone_grad full the default, decided by the rule of docs/joint.md) | mgda (Eq. 12; the paper's, see normalize) | mgda_ub | scheduler | separate
     alpha: float = 0.5  # constant strategy: the weight of ENoPR
     gamma: float = 0.2  # scheduler (Eq. 13)
     lam: float = 0.1  # scheduler (Eq. 13)
-    separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen
-    normalize: str = "none"  # mgda, mgda_ub: none (Eq. 12) | loss | loss+ (Sener & Koltun's gradient normalisation) | l2 (= alpha 0.5)
+    separate_epochs: int = 1  # separate: epochs of PWTP on ENoPR alone before it is frozen (they count in optim.epochs)
+    normalize: str = "none"  # mgda, mgda_ub: none (Eq. 12 as printed; PWTP may stop learning, a warning says so) | loss+ (Sener & Koltun's normalisation, which lets it learn) | loss | l2 (= alpha 0.5)
     enopr_weight: float = 1.0  # the weight of ENoPR (L1) in every strategy: L1 is w * ENoPR (Eq. 8 has w = 1)
-    backbone_grad: str = "weighted"  # constant, scheduler: Theta2 along (1 - alpha) grad L2 (weighted, Eq. 9) | grad L2 (full, Algorithm 1)
+    backbone_grad: str = "full"  # constant, scheduler: Theta2 along grad L2 (full, as Algorithm 1; the default) | (1 - alpha) grad L2 (weighted, Eq. 9 as written)
 
 
 @dataclass

@@ -118,8 +118,9 @@ class FreezeWatch:
         return (f"warning: PWTP has stopped learning from the recognition loss: over the last {self.window} steps "
                 f"alpha averaged {mean_alpha:.3f} and ENoPR ({enopr:.4g}) stayed within {100 * FLOOR_RTOL:.0f}% of the "
                 f"constant-A floor ({floor:.4g}), where each pixel's hyperplane is constant over time and DA is near "
-                "zero. Change joint.strategy, e.g. joint.strategy=mgda_ub joint.normalize=loss+, or "
-                "joint.strategy=constant joint.alpha=0.5 joint.backbone_grad=full (see docs/joint.md)")
+                "zero. dynapp's default joint strategy (joint.strategy=constant joint.alpha=0.5 "
+                "joint.backbone_grad=full) or Eq. 12 on normalised gradients (joint.strategy=mgda "
+                "joint.normalize=loss+) lets the recognition loss shape PWTP (see docs/joint.md)")
 
 
 class PWTPMonitor:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from dynapp.apps.demo.config import INPUTS, DemoConfig
+from dynapp.apps.demo.config import DEFAULT_JOINT, INPUTS, DemoConfig
+from dynapp.apps.demo.studies import strategy_name
 
 
 def _pyplot():
@@ -108,7 +109,7 @@ def curves_figure(out: Path, cfg: DemoConfig, res: dict, test_set) -> dict[str, 
 
 
 def alpha_figure(out: Path, cfg: DemoConfig, res: dict, test_set) -> dict[str, str]:
-    """MGDA's alpha over training (first setting)."""
+    """The joint strategy's alpha (the weight of ENoPR) over training (first setting)."""
     if "pwtp" not in cfg.inputs:
         return {}
     plt = _pyplot()
@@ -119,9 +120,9 @@ def alpha_figure(out: Path, cfg: DemoConfig, res: dict, test_set) -> dict[str, s
             a.plot([r["step"] for r in res[first][rep]["log"]], [r["alpha"] for r in res[first][rep]["log"]], lw=1,
                    label=rep)
     a.set_xlabel("step")
-    a.set_ylabel("alpha (Eq. 12)")
+    a.set_ylabel("alpha (weight of ENoPR)")
     a.legend(fontsize=7)
-    a.set_title(f"MGDA alpha over training ({first})", fontsize=9)
+    a.set_title(f"alpha over training, {strategy_name(*DEFAULT_JOINT)} ({first})", fontsize=9)
     return _save(fig, out, "alpha")
 
 
