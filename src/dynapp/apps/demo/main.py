@@ -53,7 +53,7 @@ def run_demo(cfg: DemoConfig | None = None, *, out: str | os.PathLike = "runs/de
                 runs.append({"seed": s, "results": results, "seed_s": time.perf_counter() - tic})  # its clips and main runs
                 if k == 0:
                     figures = draw_figures(out, cfg, runs[0], data[2])
-                if "joint" in studies_asked:  # every seed: the rule of docs/joint.md averages over seeds
+                if "joint" in studies_asked:  # every seed: the rule of docs/joint.md pairs the arms per seed
                     echo(f"study joint (seed {s}):")
                     studies.setdefault("joint", []).extend(run_study(cfg, "joint", s, out, echo, results, runner))
             for name in studies_asked:

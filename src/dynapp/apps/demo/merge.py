@@ -45,7 +45,7 @@ def merge_reports(folders: list[str | os.PathLike], *, out: str | os.PathLike, e
         elif same_inputs:
             others[data["config"]["backbone"]] = data["runs"][0]["results"]
         for name, rows in data["studies"].items():
-            if name == "joint":  # run on every seed: the rows of distinct seeds add up (the rule needs five)
+            if name == "joint":  # run on every seed: the rows of distinct seeds add up (the rule needs ten)
                 overlap = {r["seed"] for r in studies.get(name, [])} & {r["seed"] for r in rows}
                 if overlap:
                     raise ValueError(f"--from: the joint study of seed(s) {sorted(overlap)} is in two folders")

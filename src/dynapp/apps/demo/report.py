@@ -173,7 +173,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows, payload, seeds, figures, stu
                   f"{r['diff']:+.1f} | {interval(r)} | {r['seeds']} |"
                   for r in payload["primary"]] + [""]
     titles = {"examples": "Example test clips (one per class, same scene)", "da_frames": "Frame average, dynamic appearance, its static leakage and leak-free DA (first segment, one test clip per class)",
-              "curves": "Training curves", "alpha": "MGDA alpha over training",
+              "curves": "Training curves", "alpha": "The joint strategy's alpha over training",
               "enopr_vs_loss": "ENoPR against the recognition loss", "confusion": "Confusion matrices (rows: true class)",
               "leakage_vs_accuracy": "Scene-biased accuracy against static share"}
     for key, f in figures.items():
