@@ -123,3 +123,14 @@ def test_rule_largest_primary_difference_wins_and_seeds():
     assert old["seeds"] == [] and old["winner"] is None and "not decided" in rule_lines(old)[0]
     # test accuracy is never read: the rows carry accuracy 99 for every arm
     assert decide(_rows(_means()), chance=CHANCE)["winner"] == RULE_BASELINE
+
+
+def test_rule_names_are_the_demo_arms():
+    """The rule's names are the joint study's arm names, Eq. 12 first (what the demo trains is what the rule reads)."""
+    from dynapp.apps.demo.config import JOINT_STRATEGIES
+    from dynapp.apps.demo.rule import RULE_BASELINE_ARM, RULE_CANDIDATE_ARMS
+    from dynapp.apps.demo.studies import strategy_name
+
+    assert strategy_name(*RULE_BASELINE_ARM) == RULE_BASELINE == "mgda" and RULE_BASELINE_ARM[2] == "none"
+    assert tuple(strategy_name(*a) for a in RULE_CANDIDATE_ARMS) == RULE_CANDIDATES and len(RULE_CANDIDATES) <= 3
+    assert JOINT_STRATEGIES == (RULE_BASELINE_ARM, *RULE_CANDIDATE_ARMS)

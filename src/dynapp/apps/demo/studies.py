@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from dynapp.apps.demo.config import DEMO_BACKBONES, JOINT_STRATEGIES, SETTINGS, STUDIES, DemoConfig
+from dynapp.apps.demo.config import DEMO_BACKBONES, JOINT_STRATEGIES, STUDIES, DemoConfig
 from dynapp.apps.demo.pool import Run, Runner
 
 
